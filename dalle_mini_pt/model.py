@@ -1,0 +1,163 @@
+"""DalleBart: a BART-style text encoder and a causal decoder over VQGAN image codes.
+
+One class covers both generations of the reference: the 2021 DALL·E mini (BART post-LN with biases,
+positions offset by 2) and the 2022 NormFormer/GLU DalleBart of dalle-mini and dalle-mega; the difference is
+configuration (`conf/model/*.yaml`). Sampling lives in `sampling.py`; this file holds the network and the
+fixed-shape decoding step it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DalleBartConfig
+from .layers import DecoderLayer, EncoderLayer, LayerNorm, run_layers
+
+
+def _padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) 0/1 -> (B, 1, 1, T) bool, True where attention is allowed."""
+    return attention_mask.bool()[:, None, None, :]
+
+
+class Embeddings(nn.Module):
+    """Token + learned absolute position embeddings, then `layernorm_embedding` (as in BART)."""
+
+    def __init__(self, config: DalleBartConfig, vocab: int, positions: int):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, config.d_model)
+        self.embed_positions = nn.Embedding(positions + config.position_offset, config.d_model)
+        self.offset = config.position_offset
+        self.scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.layernorm_embedding = LayerNorm(config.d_model, config.ln_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        h = self.embed_tokens(ids) * self.scale + self.embed_positions(positions + self.offset)
+        return self.dropout(self.layernorm_embedding(h))
+
+
+def _final_ln(config: DalleBartConfig, enabled: bool):
+    # post-LN layers already end in a LayerNorm; the reference creates no final one for them
+    if enabled and config.ln_positions != "postln":
+        return LayerNorm(config.d_model, config.ln_eps, scale=config.force_ln_scale)
+    return None
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, config: DalleBartConfig):
+        super().__init__()
+        self.config = config
+        self.embed = Embeddings(config, config.encoder_vocab_size, config.text_positions)
+        n = config.encoder_layers
+        self.layers = nn.ModuleList(EncoderLayer(config, last=i == n - 1) for i in range(n))
+        self.final_ln = _final_ln(config, config.use_final_ln_encoder)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # positions run over pads too (they are masked out of attention), as in the reference
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        h = self.embed(input_ids, positions)
+        h = run_layers(self.layers, h, _padding_mask(attention_mask),
+                       checkpointing=self.config.gradient_checkpointing and self.training)
+        return self.final_ln(h) if self.final_ln is not None else h
+
+
+@dataclass
+class DecoderCache:
+    """Fixed-shape state of cached decoding: nothing in here changes shape between steps."""
+
+    self_k: torch.Tensor  # (layers, rows, heads, image_length, head_dim), written at the step index
+    self_v: torch.Tensor
+    cross_k: torch.Tensor  # (layers, rows, heads, text_length, head_dim), computed once per prompt
+    cross_v: torch.Tensor
+    cross_mask: torch.Tensor  # (rows, 1, 1, text_length)
+    key_positions: torch.Tensor  # (image_length,) arange, compared with the step index for the causal mask
+
+
+class ImageTokenDecoder(nn.Module):
+    """Causal decoder over image codes with cross-attention to the text, and the `lm_head`."""
+
+    def __init__(self, config: DalleBartConfig):
+        super().__init__()
+        self.config = config
+        self.embed = Embeddings(config, config.image_rows, config.image_positions)
+        n = config.decoder_layers
+        self.layers = nn.ModuleList(DecoderLayer(config, last=i == n - 1) for i in range(n))
+        self.final_ln = _final_ln(config, config.use_final_ln_decoder)
+        self.lm_head = nn.Linear(config.d_model, config.image_rows, bias=False)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.final_ln(h) if self.final_ln is not None else h)
+
+    def forward(self, decoder_input_ids, encoder_states, attention_mask) -> torch.Tensor:
+        positions = torch.arange(decoder_input_ids.shape[1], device=decoder_input_ids.device)
+        h = self.embed(decoder_input_ids, positions)
+        h = run_layers(self.layers, h, encoder_states, _padding_mask(attention_mask),
+                       checkpointing=self.config.gradient_checkpointing and self.training)
+        return self._head(h)
+
+    def init_cache(self, encoder_states: torch.Tensor, attention_mask: torch.Tensor) -> DecoderCache:
+        cfg = self.config
+        rows, heads = encoder_states.shape[0], cfg.decoder_attention_heads
+        shape = (len(self.layers), rows, heads, cfg.image_length, cfg.d_model // heads)
+        cross = [layer.cross_attn.project_kv(encoder_states) for layer in self.layers]
+        return DecoderCache(
+            self_k=encoder_states.new_zeros(shape),
+            self_v=encoder_states.new_zeros(shape),
+            cross_k=torch.stack([k for k, _ in cross]),
+            cross_v=torch.stack([v for _, v in cross]),
+            cross_mask=_padding_mask(attention_mask),
+            key_positions=torch.arange(cfg.image_length, device=encoder_states.device),
+        )
+
+    def step(self, tokens: torch.Tensor, position: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """Logits (rows, image_rows) for `tokens` (rows,) at `position` (a 1-element long tensor)."""
+        h = self.embed(tokens[:, None], position)
+        self_mask = (cache.key_positions <= position)[None, None, None, :]
+        for i, layer in enumerate(self.layers):
+            h = layer.step(h, cache.self_k[i], cache.self_v[i], self_mask,
+                           cache.cross_k[i], cache.cross_v[i], cache.cross_mask, position)
+        return self._head(h)[:, 0]
+
+
+class DalleBart(nn.Module):
+    def __init__(self, config: DalleBartConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = TextEncoder(config)
+        self.decoder = ImageTokenDecoder(config)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
+        """Decoder input = BOS + codes[:-1] (teacher forcing)."""
+        bos = labels.new_full((labels.shape[0], 1), self.config.decoder_start_token_id)
+        return torch.cat([bos, labels[:, :-1]], dim=1)
+
+    def forward(self, input_ids, attention_mask, decoder_input_ids) -> torch.Tensor:
+        """Teacher-forced logits (B, image_length, image_rows)."""
+        states = self.encoder(input_ids, attention_mask)
+        return self.decoder(decoder_input_ids, states, attention_mask)
+
+    def loss(self, input_ids, attention_mask, labels) -> torch.Tensor:
+        """Mean cross-entropy over every image code (all targets are real: no padding on the image side)."""
+        logits = self(input_ids, attention_mask, self.shift_right(labels))
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+
+    def generate(self, input_ids, attention_mask, **kwargs):
+        """See `dalle_mini_pt.sampling.generate`."""
+        from .sampling import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,134 @@
+"""The sampling loop: image codes from prompt token ids.
+
+Semantics follow the reference `DalleBart.generate`: super-conditioning mixes raw logits,
+`uncond + scale * (cond - uncond)`, before the warpers (temperature, then top-k, then top-p), and a token
+is drawn as `argmax(logits + gumbel_noise)`, which is what `jax.random.categorical` does; supplying that
+noise reproduces a reference run step for step. Two deliberate differences: ids outside the VQGAN codebook
+(BOS, mega's padding rows) are excluded before the warpers, so they can never be drawn, and top-k/top-p use
+the Flax warpers' definitions exactly.
+
+Speed and fixed shapes (XLA, CUDA graphs): conditional and unconditional rows share one batch, the
+cross-attention K/V are computed once per prompt, the self-attention K/V cache is preallocated and written
+at the step index, and the step index is a tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from .model import DalleBart
+
+
+def apply_warpers(logits: torch.Tensor, temperature, top_k: Optional[int], top_p: Optional[float]):
+    """Temperature, top-k, top-p on (rows, vocab) float logits, in that order (HF Flax warpers)."""
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # keep a token while the mass strictly before it is below top_p; the best token always stays
+        keep = torch.cat([torch.ones_like(cumulative[:, :1], dtype=torch.bool),
+                          cumulative[:, :-1] < top_p], dim=-1)
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(~keep, float("-inf")))
+    return logits
+
+
+def gumbel_noise(shape, generator: Optional[torch.Generator], device, out=None) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator, device=device, out=out)
+    # clamp keeps log(0) out of the way; the smallest float32 uniform is far from the tails that matter
+    return u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()
+
+
+def _check_options(model: DalleBart, rows: int, top_k, top_p, temperature, condition_scale, noise, uncond):
+    cfg = model.config
+    if top_k is not None and not 1 <= top_k <= cfg.codebook_size:
+        raise ValueError(f"top_k={top_k} must be between 1 and the codebook size {cfg.codebook_size} "
+                         "(use None to disable it)")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p} must be in (0, 1] (use None or 1.0 to disable it)")
+    if float(temperature) <= 0:
+        raise ValueError(f"temperature={temperature} must be > 0 (use top_k=1 for greedy decoding)")
+    if condition_scale != 1.0 and uncond is None:
+        raise ValueError("condition_scale != 1 needs the unconditional prompt: pass uncond_input_ids and "
+                         "uncond_attention_mask (the tokenised empty string)")
+    expected = (cfg.image_length, rows, cfg.image_rows)
+    if noise is not None and tuple(noise.shape) != expected:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}; expected (image_length, rows, image_rows) "
+                         f"= {expected}")
+
+
+@torch.inference_mode()
+def generate(
+    model: DalleBart,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    num_images: int = 1,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    temperature: float = 1.0,
+    condition_scale: float = 1.0,
+    uncond_input_ids: Optional[torch.Tensor] = None,
+    uncond_attention_mask: Optional[torch.Tensor] = None,
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    noise: Optional[torch.Tensor] = None,
+    return_logits: bool = False,
+    progress: bool = False,
+):
+    """Sample `num_images` code grids per prompt.
+
+    input_ids/attention_mask: (prompts, text_length). Rows of the result are prompt-major:
+    row `p * num_images + i` is image i of prompt p. Returns codes (rows, image_length), plus, with
+    `return_logits`, the per-step logits after super-conditioning and before the warpers
+    (rows, image_length, image_rows). `noise` (image_length, rows, image_rows) replaces the Gumbel draws.
+    """
+    cfg = model.config
+    device = input_ids.device
+    rows = input_ids.shape[0] * num_images
+    uncond = None if uncond_input_ids is None else (uncond_input_ids, uncond_attention_mask)
+    _check_options(model, rows, top_k, top_p, temperature, condition_scale, noise, uncond)
+    guided = condition_scale != 1.0
+    if generator is None and noise is None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
+
+    # one encoder pass for the prompts and the single unconditional prompt, expanded to the rows
+    ids, mask = input_ids, attention_mask
+    row_index = torch.arange(input_ids.shape[0], device=device).repeat_interleave(num_images)
+    if guided:
+        ids = torch.cat([ids, uncond[0][:1].to(device)])
+        mask = torch.cat([mask, uncond[1][:1].to(device)])
+        row_index = torch.cat([row_index, row_index.new_full((rows,), input_ids.shape[0])])
+    states = model.encoder(ids, mask)
+    cache = model.decoder.init_cache(states[row_index], mask[row_index])
+
+    temperature = torch.tensor(float(temperature), device=device)
+    scale = torch.tensor(float(condition_scale), device=device)
+    tokens = torch.full((row_index.shape[0],), cfg.decoder_start_token_id, dtype=torch.long, device=device)
+    codes = torch.empty((rows, cfg.image_length), dtype=torch.long, device=device)
+    all_logits = torch.empty((rows, cfg.image_length, cfg.image_rows), device=device) if return_logits else None
+    not_a_code = torch.arange(cfg.image_rows, device=device) >= cfg.codebook_size
+    noise_buffer = torch.empty((rows, cfg.image_rows), device=device)
+    position = torch.zeros(1, dtype=torch.long, device=device)
+
+    for t in tqdm(range(cfg.image_length), disable=not progress, desc="sampling codes", leave=False):
+        logits = model.decoder.step(tokens, position, cache).float()
+        if guided:
+            cond, uncond_logits = logits[:rows], logits[rows:]
+            logits = uncond_logits + scale * (cond - uncond_logits)
+        if return_logits:
+            all_logits[:, t] = logits
+        logits = apply_warpers(logits.masked_fill(not_a_code, float("-inf")), temperature, top_k, top_p)
+        g = noise[t].to(device) if noise is not None else gumbel_noise(logits.shape, generator, device,
+                                                                         out=noise_buffer)
+        nxt = torch.argmax(logits + g, dim=-1)
+        codes[:, t] = nxt
+        tokens = torch.cat([nxt, nxt]) if guided else nxt
+        position += 1
+    return (codes, all_logits) if return_logits else codes
