@@ -1,0 +1,1 @@
+"""Data: encoded caption/code shards and the DataModules that read them."""

@@ -1,0 +1,44 @@
+"""Learning-rate schedules of the reference recipe: linear warmup, then constant or a decay."""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+DECAYS = ("constant", "linear", "cosine", "exponential")
+
+
+def lr_factor(step: int, *, warmup_steps: int, total_steps: int, decay: str = "constant",
+              decay_rate: float = 0.5, transition_steps: int = 1000, staircase: bool = False) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step`."""
+    if warmup_steps and step <= warmup_steps:
+        # as the reference (optax linear_schedule over warmup_steps + 1 steps): 0 at step 0, peak after
+        return step / (warmup_steps + 1)
+    done = step - warmup_steps - (1 if warmup_steps else 0)
+    if decay == "constant":
+        return 1.0
+    if decay == "exponential":
+        exponent = done // transition_steps if staircase else done / transition_steps
+        return decay_rate ** exponent
+    progress = min(1.0, done / max(1, total_steps - warmup_steps - (1 if warmup_steps else 0)))
+    if decay == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
+
+
+def warmup_schedule(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, decay: str = "constant",
+                    decay_rate: float = 0.5, transition_steps: int = 1000, staircase: bool = False) -> LambdaLR:
+    if decay not in DECAYS:
+        raise ValueError(f"scheduler.decay={decay!r} is unknown; use one of {DECAYS}")
+    if warmup_steps < 0:
+        raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
+    if decay in ("linear", "cosine") and (total_steps is None or total_steps == float("inf")):
+        raise ValueError(f"scheduler.decay={decay!r} needs a known run length: set trainer.max_steps")
+    if decay == "exponential" and transition_steps <= 0:
+        raise ValueError("scheduler.transition_steps must be > 0 for exponential decay")
+    known = decay in ("linear", "cosine")
+    kwargs = dict(warmup_steps=warmup_steps, total_steps=int(total_steps) if known else 0,
+                  decay=decay, decay_rate=decay_rate, transition_steps=transition_steps, staircase=staircase)
+    return LambdaLR(optimizer, lambda step: lr_factor(step, **kwargs))
