@@ -79,7 +79,7 @@ def generate(
     generator: Optional[torch.Generator] = None,
     noise: Optional[torch.Tensor] = None,
     return_logits: bool = False,
-    progress: bool = False,
+    progress: Optional[bool] = False,
 ):
     """Sample `num_images` code grids per prompt.
 
@@ -87,6 +87,7 @@ def generate(
     row `p * num_images + i` is image i of prompt p. Returns codes (rows, image_length), plus, with
     `return_logits`, the per-step logits after super-conditioning and before the warpers
     (rows, image_length, image_rows). `noise` (image_length, rows, image_rows) replaces the Gumbel draws.
+    `progress`: a bar over the steps; None shows it only on a terminal.
     """
     cfg = model.config
     device = input_ids.device
@@ -117,7 +118,9 @@ def generate(
     noise_buffer = torch.empty((rows, cfg.image_rows), device=device)
     position = torch.zeros(1, dtype=torch.long, device=device)
 
-    for t in tqdm(range(cfg.image_length), disable=not progress, desc="sampling codes", leave=False):
+    steps = tqdm(range(cfg.image_length), disable=None if progress is None else not progress,
+                 desc="sampling codes", leave=False)
+    for t in steps:
         logits = model.decoder.step(tokens, position, cache).float()
         if guided:
             cond, uncond_logits = logits[:rows], logits[rows:]

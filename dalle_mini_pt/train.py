@@ -12,6 +12,7 @@ from pathlib import Path
 import dalle_mini_pt  # noqa: F401  (patches torchvision before Lightning is imported)
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -42,7 +43,8 @@ def build(cfg: DictConfig):
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler))
     check_compatible(datamodule, model)
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    with torch.random.fork_rng():  # a callback's own models (VQGAN, CLIP) must not shift training's RNG stream
+        callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer

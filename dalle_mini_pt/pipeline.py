@@ -1,0 +1,102 @@
+"""Text to images: normalise → tokenise → sample codes → VQGAN decode → CLIP rank.
+
+Data flows one way through separately loaded components (DalleBart + tokenizer, VQGAN, CLIP scorer), as a
+diffusers-style pipeline composes them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+from PIL import Image
+
+from .image_grid import caption_grid, to_pil
+from .model import DalleBart
+from .tokenizer import TextTokenizer
+
+
+@dataclass
+class PromptImages:
+    """The images of one prompt, best CLIP score first when a scorer ranked them."""
+
+    prompt: str
+    images: list[Image.Image]
+    codes: torch.Tensor  # (n, image_length)
+    scores: Optional[list[float]] = None
+
+    def grid(self, scale: int = 1) -> Image.Image:
+        labels = [[f"{s:.2f}" for s in self.scores]] if self.scores is not None else None
+        return caption_grid([self.images], [self.prompt], labels, scale=scale)
+
+
+class DalleMiniPipeline:
+    def __init__(self, model: DalleBart, tokenizer: TextTokenizer, vqgan, clip=None, normalizer=None,
+                 decode_batch_size: int = 8):
+        cfg = model.config
+        if vqgan.config.n_embed != cfg.codebook_size or vqgan.config.codes_per_image != cfg.image_length:
+            raise ValueError(f"the VQGAN ({vqgan.config.n_embed} codes, {vqgan.config.codes_per_image} per image) "
+                             f"does not match the model ({cfg.codebook_size} codes, {cfg.image_length} per image); "
+                             "load the VQGAN the model was trained with")
+        if tokenizer.max_length > cfg.text_positions:
+            raise ValueError(f"tokenizer max_length {tokenizer.max_length} exceeds the model's "
+                             f"{cfg.text_positions} text positions")
+        self.model, self.tokenizer, self.vqgan = model.eval(), tokenizer, vqgan.eval()
+        self.clip, self.normalizer = clip, normalizer
+        self.decode_batch_size = decode_batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _prepare(self, prompts: Union[str, Sequence[str]]) -> list[str]:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("no prompts given: pass a string or a list of strings")
+        if any(not isinstance(p, str) for p in prompts):
+            raise TypeError("prompts must be strings")
+        if any(not p.strip() for p in prompts):
+            warnings.warn("an empty prompt is the unconditional prompt: its images follow no text", stacklevel=3)
+        return prompts
+
+    def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        texts = [self.normalizer(p) if self.normalizer and p.strip() else p for p in prompts]
+        batch = {**self.tokenizer(texts), **self.tokenizer.unconditional()}
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (rows, image_length) -> float images in [0, 1], in batches (the VQGAN runs in float32)."""
+        chunks = [self.vqgan.decode(c.to(self.vqgan.device)) for c in codes.split(self.decode_batch_size)]
+        return torch.cat(chunks)
+
+    @torch.inference_mode()
+    def __call__(self, prompts: Union[str, Sequence[str]], num_images: int = 4, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, temperature: float = 1.0, condition_scale: float = 10.0,
+                 seed: Optional[int] = None, clip_top_n: Optional[int] = None,
+                 progress: Optional[bool] = None) -> list[PromptImages]:
+        """Images for each prompt. `condition_scale` 10 is the reference notebook's default; `clip_top_n`
+        keeps the best n by CLIP score (all, ranked, when None). `progress` None shows a bar on terminals."""
+        prompts = self._prepare(prompts)
+        if num_images < 1:
+            raise ValueError(f"num_images={num_images} must be >= 1")
+        if clip_top_n is not None and not 1 <= clip_top_n <= num_images:
+            raise ValueError(f"clip_top_n={clip_top_n} must be between 1 and num_images={num_images}")
+        batch = self.tokenize(prompts)
+        codes = self.model.generate(**batch, num_images=num_images, top_k=top_k, top_p=top_p,
+                                    temperature=temperature, condition_scale=condition_scale, seed=seed,
+                                    progress=progress)
+        pictures = self.decode(codes)
+        results = []
+        for i, prompt in enumerate(prompts):
+            rows = slice(i * num_images, (i + 1) * num_images)
+            results.append(self._rank(prompt, pictures[rows], codes[rows], clip_top_n))
+        return results
+
+    def _rank(self, prompt, pictures, codes, top_n) -> PromptImages:
+        if self.clip is None:
+            return PromptImages(prompt, to_pil(pictures), codes.cpu())
+        order, scores = self.clip.rank(pictures.to(self.clip.device), prompt, top_n=top_n)
+        return PromptImages(prompt, to_pil(pictures[order.to(pictures.device)]),
+                            codes[order.to(codes.device)].cpu(), scores.cpu().tolist())
