@@ -52,6 +52,8 @@ class DalleBartConfig:
     # vocabulary to 16415 rows for sharding but its VQGAN has 16384 codes.
     codebook_size: Optional[int] = None
     gradient_checkpointing: bool = False
+    # prompts go through the reference's TextNormalizer before tokenisation (the released models: true)
+    normalize_text: bool = False
     # Layout of a reference checkpoint's layer stacks. It matters for one quirk only: unscanned post-LN
     # stacks have no scale on the last layer's final LayerNorm. None means scanned (the reference default).
     use_scan: Optional[bool] = None

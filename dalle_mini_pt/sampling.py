@@ -126,12 +126,12 @@ def generate(
             cond, uncond_logits = logits[:rows], logits[rows:]
             logits = uncond_logits + scale * (cond - uncond_logits)
         if return_logits:
-            all_logits[:, t] = logits
+            all_logits.index_copy_(1, position, logits[:, None])
         logits = apply_warpers(logits.masked_fill(not_a_code, float("-inf")), temperature, top_k, top_p)
         g = noise[t].to(device) if noise is not None else gumbel_noise(logits.shape, generator, device,
                                                                          out=noise_buffer)
         nxt = torch.argmax(logits + g, dim=-1)
-        codes[:, t] = nxt
+        codes.index_copy_(1, position, nxt[:, None])  # indexed by the step tensor: one graph for all steps
         tokens = torch.cat([nxt, nxt]) if guided else nxt
         position += 1
     return (codes, all_logits) if return_logits else codes
