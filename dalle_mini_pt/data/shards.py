@@ -1,0 +1,154 @@
+"""Encoded parquet shards: finding them, checking them, and an index of their row groups.
+
+A shard holds a `caption` string column and an `encoding` list column of `image_length` VQGAN code ids
+(row-major), the reference's format, plus any passthrough columns (key, clip_score, ...). Files may be local
+paths or fsspec URLs (`s3://bucket/train/*.parquet`, `gs://...`); globs and directories are expanded.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+Files = Union[str, Sequence[str]]
+_GLOB_CHARS = "*?["
+
+
+def _expand(pattern: str) -> list[str]:
+    """One pattern -> matching parquet files; local paths stay plain paths, remote ones keep their protocol."""
+    fs, path = fsspec.core.url_to_fs(os.path.expanduser(pattern))
+    local = "://" not in pattern
+    if any(c in path for c in _GLOB_CHARS):
+        paths = glob.glob(path) if local else fs.glob(path)
+    elif fs.isdir(path):
+        paths = fs.glob(path.rstrip("/") + "/*.parquet")
+    else:
+        paths = [path] if fs.exists(path) else []
+    return [p if local else fs.unstrip_protocol(p) for p in paths]
+
+
+def resolve_files(files: Files, key: str) -> list[str]:
+    """Expand globs and directories; fail naming the config key when nothing matches."""
+    patterns = [files] if isinstance(files, str) else [str(f) for f in files]
+    found = sorted({f for p in patterns for f in _expand(p)})
+    if not found:
+        raise FileNotFoundError(
+            f"{key}={patterns!r} matches no file. Point {key} at your encoded parquet shards (made by "
+            "`python -m dalle_mini_pt.data.encode`), or make the small demo set with "
+            "`python -m dalle_mini_pt.data.tiny_dataset --out data/tiny`.")
+    return found
+
+
+def open_parquet(url: str) -> pq.ParquetFile:
+    fs, path = fsspec.core.url_to_fs(url)
+    return pq.ParquetFile(fs.open(path, "rb"))
+
+
+def check_columns(names: Sequence[str], path: str, columns: dict[str, str]) -> None:
+    """`columns` maps config key -> column name the config expects in every shard."""
+    for key, column in columns.items():
+        if column not in names:
+            raise ValueError(f"{path}: no column {column!r} (has {list(names)}); set {key} to the right name")
+
+
+def check_codes(path: str, encodings: Union[pa.Array, pa.ChunkedArray], image_length: int,
+                codebook_size: int, first_row: int = 0) -> np.ndarray:
+    """A list column of codes -> (rows, image_length) int64, or an error naming the file, the row and the fix."""
+    arr = encodings.combine_chunks() if isinstance(encodings, pa.ChunkedArray) else encodings
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(lengths != image_length)
+    if bad.size:
+        raise ValueError(f"{path} row {first_row + bad[0]}: {lengths[bad[0]]} codes, the model expects "
+                         f"image_length={image_length}; re-encode with the model's VQGAN or fix "
+                         "model.net.config.image_length")
+    codes = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.int64).reshape(-1, image_length)
+    if codes.size and (codes.min() < 0 or codes.max() >= codebook_size):
+        row = int(np.argmax((codes < 0).any(1) | (codes >= codebook_size).any(1)))
+        raise ValueError(f"{path} row {first_row + row}: codes outside the codebook 0..{codebook_size - 1} "
+                         f"(min {codes.min()}, max {codes.max()}); the shards were encoded with another VQGAN "
+                         "or model.net.config.codebook_size is wrong")
+    return codes
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Keep rows whose CLIP score lies in [min_clip_score, max_clip_score] and whose `column == value`
+    (each part only when set), as the reference's `filter_function`."""
+
+    min_clip_score: Optional[float] = None
+    max_clip_score: Optional[float] = None
+    clip_score_column: str = "clip_score"
+    column: Optional[str] = None
+    value: object = None
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """config key -> column this filter reads."""
+        used = {}
+        if self.min_clip_score is not None or self.max_clip_score is not None:
+            used["data.clip_score_column"] = self.clip_score_column
+        if self.column is not None:
+            used["data.filter_column"] = self.column
+        return used
+
+    def mask(self, table: pa.Table) -> Optional[np.ndarray]:
+        if not self.columns:
+            return None
+        keep = np.ones(table.num_rows, dtype=bool)
+        if self.columns.get("data.clip_score_column"):
+            score = table.column(self.clip_score_column).to_numpy(zero_copy_only=False).astype(np.float64)
+            keep &= ~np.isnan(score)  # a row without a score cannot pass a score filter
+            if self.min_clip_score is not None:
+                keep &= score >= self.min_clip_score
+            if self.max_clip_score is not None:
+                keep &= score <= self.max_clip_score
+        if self.column is not None:
+            keep &= np.asarray(table.column(self.column).to_pylist(), dtype=object) == self.value
+        return keep
+
+
+@dataclass
+class Chunk:
+    """One parquet row group: the unit that is shuffled, assigned to a rank and read at once."""
+
+    file: int
+    row_group: int
+    rows: Optional[np.ndarray]  # kept row indices within the row group; None = all of them
+    count: int  # rows kept
+
+
+class ShardIndex:
+    """Row-group sizes (from parquet footers) and filter results of a set of shards.
+
+    Built once in `setup`; workers get a copy. Only footers and filter columns are read here, so every rank
+    knows every chunk's kept-row count without reading the codes, which is what lets ranks split an epoch
+    into exactly equal parts.
+    """
+
+    def __init__(self, files: list[str], key: str, row_filter: RowFilter, columns: dict[str, str]):
+        self.files, self.key = files, key
+        self.chunks: list[Chunk] = []
+        for i, path in enumerate(files):
+            pf = open_parquet(path)
+            check_columns(pf.schema_arrow.names, path, {**columns, **row_filter.columns})
+            mask = row_filter.mask(pf.read(columns=list(set(row_filter.columns.values())))) \
+                if row_filter.columns else None
+            start = 0
+            for rg in range(pf.metadata.num_row_groups):
+                n = pf.metadata.row_group(rg).num_rows
+                rows = None if mask is None else np.flatnonzero(mask[start:start + n])
+                self.chunks.append(Chunk(i, rg, rows, n if rows is None else len(rows)))
+                start += n
+        self.counts = np.array([c.count for c in self.chunks], dtype=np.int64)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.counts.sum())
