@@ -161,3 +161,23 @@ class DalleBart(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # The hub functions live in hub.py (they import this module, hence the local imports).
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs) -> "DalleBart":
+        """From a directory or hub repo, ours or the reference's Flax one; see `hub.load_pretrained`."""
+        from .hub import load_pretrained
+
+        return load_pretrained(name_or_path, **kwargs)
+
+    def save_pretrained(self, directory, **kwargs):
+        """config.json + model.safetensors (+ tokenizer, model card); see `hub.save_pretrained`."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Save and upload as one commit; see `hub.push_to_hub`."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
