@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
 
 from .image_grid import caption_grid, to_pil
@@ -32,6 +35,33 @@ class PromptImages:
         return caption_grid([self.images], [self.prompt], labels, scale=scale)
 
 
+def load_vqgan(spec: str):
+    """A `.safetensors` file (saved by `VQGAN.save_safetensors`), a taming `.ckpt` (the f16/16384 config),
+    or a Hydra yaml such as `conf/vqgan/tiny.yaml`."""
+    from .vqgan import VQGAN, VQGANConfig
+
+    path = Path(spec)
+    if path.suffix == ".safetensors":
+        return VQGAN.from_safetensors(path)
+    if path.suffix == ".ckpt":
+        return VQGAN.from_taming_checkpoint(path, VQGANConfig())
+    if path.suffix in (".yaml", ".yml"):
+        return instantiate(OmegaConf.load(path))
+    raise ValueError(f"--vqgan {spec!r}: pass a .safetensors file, a taming .ckpt or a Hydra .yaml")
+
+
+def load_clip(spec: Optional[str], device=None):
+    """`none`, `NAME:TAG` (open_clip; the tag's weights are downloaded) or a Hydra yaml."""
+    if spec is None or spec.lower() == "none":
+        return None
+    if spec.endswith((".yaml", ".yml")):
+        return instantiate(OmegaConf.load(spec)).to(device or "cpu")
+    from .clip_scorer import ClipScorer
+
+    name, _, tag = spec.partition(":")
+    return ClipScorer.from_pretrained(name, tag or None, device=device or "cpu")
+
+
 class DalleMiniPipeline:
     def __init__(self, model: DalleBart, tokenizer: TextTokenizer, vqgan, clip=None, normalizer=None,
                  decode_batch_size: int = 8):
@@ -46,6 +76,31 @@ class DalleMiniPipeline:
         self.model, self.tokenizer, self.vqgan = model.eval(), tokenizer, vqgan.eval()
         self.clip, self.normalizer = clip, normalizer
         self.decode_batch_size = decode_batch_size
+
+    @classmethod
+    def from_pretrained(cls, model: str, vqgan: str, clip: Optional[str] = None, tokenizer: Optional[str] = None,
+                        device=None, dtype=torch.float32, **hub_kwargs) -> "DalleMiniPipeline":
+        """Components by name or path: the model from a hub repo or directory (ours or the reference's), or a
+        Lightning `.ckpt` (with `tokenizer`); the VQGAN and CLIP as in `load_vqgan` / `load_clip`."""
+        from .export import model_from_lightning
+        from .hub import load_tokenizer
+
+        device = torch.device(device or "cpu")
+        if str(model).endswith(".ckpt"):
+            if tokenizer is None:
+                raise ValueError("a Lightning checkpoint holds no tokenizer: pass tokenizer= (e.g. data.tokenizer)")
+            net = model_from_lightning(model, dtype=dtype).to(device)
+        else:
+            net = DalleBart.from_pretrained(model, dtype=dtype, device=device, **hub_kwargs)
+        length = net.config.max_text_length
+        tok = (TextTokenizer.from_pretrained(tokenizer, length) if tokenizer
+               else load_tokenizer(model, max_length=length, **hub_kwargs))
+        normalizer = None
+        if net.config.normalize_text:
+            from .text_normalizer import TextNormalizer
+
+            normalizer = TextNormalizer()
+        return cls(net, tok, load_vqgan(vqgan).to(device), load_clip(clip, device), normalizer)
 
     @property
     def device(self) -> torch.device:
