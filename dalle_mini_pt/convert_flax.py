@@ -7,9 +7,11 @@ dicts) and maps two parameter layouts onto our module names:
 * DalleBart (dalle-mini 0.1.5: `dalle-mini/dalle-mini`, `dalle-mini/dalle-mega`), whose layers carry Flax
   auto-names (`LayerNorm_k`, `FlaxBartAttention_k`, `GLU_0/Dense_k`) and are either scanned
   (`FlaxBartEncoderLayers`, leading layer axis) or unscanned (`FlaxBartEncoderLayer_{i}`);
-* the 2021 HF-FlaxBart layout of `flax-community/dalle-mini` (`self_attn_layer_norm`, `fc1`, `shared`, …).
+* the 2021 HF-FlaxBart layout of `flax-community/dalle-mini` (`self_attn_layer_norm`, `fc1`, `shared`, …);
+* vqgan-jax's VQGAN (`dalle-mini/vqgan_imagenet_f16_16384`) onto taming's state-dict names.
 
-Dense kernels are [in, out] and become Linear weights [out, in]; Flax LayerNorm `scale` is our `weight`.
+Dense kernels are [in, out] and become Linear weights [out, in]; conv kernels are HWIO and become OIHW;
+Flax LayerNorm/GroupNorm `scale` is our `weight`.
 """
 
 from __future__ import annotations
@@ -244,6 +246,45 @@ def bart2021_config(values: dict, flat: dict) -> DalleBartConfig:
         scale_embedding=values.get("scale_embedding", False), ln_positions="postln", use_glu=False, use_bias=True,
         use_final_ln_encoder=False, use_final_ln_decoder=False, use_scan=True,
     )
+
+
+# --- VQGAN (patil-suraj/vqgan-jax) ----------------------------------------------------------------------
+
+# vqgan-jax builds its levels and blocks in `setup()` as Python lists, which Flax names `down_0`, `block_1`;
+# taming keeps them in ModuleLists (`down.0`, `block.1`). `mid/block_1` and `mid/attn_1` are plain attribute
+# names in both, so only list items (a level, or a block/attn inside a level) are renamed.
+_VQGAN_LEVEL = re.compile(r"(down|up)_\d+")
+_VQGAN_ITEM = re.compile(r"(block|attn)_\d+")
+
+
+def _vqgan_key(key: str) -> str:
+    *modules, leaf = key.split("/")
+    out = []
+    for i, part in enumerate(modules):
+        in_level = i > 0 and _VQGAN_LEVEL.fullmatch(modules[i - 1])
+        if _VQGAN_LEVEL.fullmatch(part) or (in_level and _VQGAN_ITEM.fullmatch(part)):
+            part = part.replace("_", ".")
+        out.append(part)
+    return ".".join(out + [_PARAM[leaf]])
+
+
+def vqgan_state_dict(flat: dict[str, torch.Tensor], source: str) -> dict:
+    """taming's state dict from a flat vqgan-jax tree (`encoder/down_0/block_0/conv1/kernel`, …)."""
+    out = {}
+    for key, value in flat.items():
+        try:
+            ours = _vqgan_key(key)
+        except KeyError as err:
+            raise ValueError(f"{source}: parameter {key!r} (shape {tuple(value.shape)}) is not a vqgan-jax "
+                             f"VQGAN parameter (no leaf {err}); is this a VQGAN checkpoint?") from err
+        if key.endswith("/kernel") and value.dim() == 4:
+            value = value.permute(3, 2, 0, 1).contiguous()
+        elif key.endswith(("/scale", "/bias")) and value.dim() == 4:
+            # vqgan-jax's own torch->flax converter writes GroupNorm params as [1, 1, 1, C] (the shape older
+            # flax GroupNorm used); taming wants [C]
+            value = value.reshape(-1)
+        out[ours] = value
+    return out
 
 
 def convert_flax_checkpoint(msgpack_path, config_values: dict) -> tuple[DalleBartConfig, dict]:

@@ -4,6 +4,7 @@ Native format: `config.json` (our `DalleBartConfig`) + `model.safetensors` + the
 card. `load_pretrained` also reads the reference's Flax checkpoints (`flax_model.msgpack`, e.g.
 `dalle-mini/dalle-mini`, `dalle-mini/dalle-mega`, `flax-community/dalle-mini`): it converts them on load and
 caches the safetensors, keyed by repo and commit. Nothing here unpickles: `.bin`/`.ckpt` files are refused.
+The fetching, caching, strict-building and upload helpers are shared with `vqgan_hub.py` (the VQGAN).
 
 Hand-written rather than `PyTorchModelHubMixin`: the mixin loads with strict=False, knows neither the Flax
 format nor the tokenizer, and rewrites `__init__`; the three functions below are all we need of it.
@@ -14,8 +15,8 @@ from __future__ import annotations
 import json
 import struct
 import tempfile
-from pathlib import Path
-from typing import Optional, Union
+from pathlib import Path, PurePosixPath
+from typing import Callable, Optional, Union
 
 import torch
 from huggingface_hub import HfApi, constants, hf_hub_download
@@ -80,10 +81,19 @@ def push_to_hub(model: DalleBart, repo_id: str, *, tokenizer=None, dtype=None, p
                 token=None, branch: Optional[str] = None, commit_message: str = "Upload DalleBart",
                 create_pr: bool = False, endpoint: Optional[str] = None):
     """save_pretrained into a temporary directory and upload it as one commit; returns the CommitInfo."""
+    return upload_saved(lambda tmp: save_pretrained(model, tmp, tokenizer=tokenizer, dtype=dtype, repo_id=repo_id),
+                        repo_id, private=private, token=token, branch=branch, commit_message=commit_message,
+                        create_pr=create_pr, endpoint=endpoint)
+
+
+def upload_saved(write: Callable[[Path], object], repo_id: str, *, private: Optional[bool] = None, token=None,
+                 branch: Optional[str] = None, commit_message: str = "Upload", create_pr: bool = False,
+                 endpoint: Optional[str] = None):
+    """Create the repo if needed, let `write` fill a temporary directory, upload it as one commit."""
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model, tmp, tokenizer=tokenizer, dtype=dtype, repo_id=repo_id)
+        write(Path(tmp))
         return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message,
                                  revision=branch, create_pr=create_pr)
 
@@ -95,23 +105,33 @@ def load_pretrained(name_or_path, *, revision: Optional[str] = None, local_files
                     ) -> DalleBart:
     """A DalleBart in eval mode from a local directory or a hub repo, in `dtype` (default float32)."""
     dtype = as_dtype(dtype) or torch.float32
-    path = Path(name_or_path)
-    if path.is_dir():
-        config, state, source = _load_local(path)
-    elif path.exists() or str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
-        raise FileNotFoundError(f"{name_or_path}: not a directory holding {CONFIG_NAME} and {WEIGHTS_NAME} "
-                                f"(or {FLAX_WEIGHTS_NAME}), nor a hub repo id like 'dalle-mini/dalle-mini'")
+    where = locate(name_or_path, f"{CONFIG_NAME} and {WEIGHTS_NAME} (or {FLAX_WEIGHTS_NAME})",
+                   "dalle-mini/dalle-mini")
+    if isinstance(where, Path):
+        config, state, source = _load_local(where)
     else:
         hub = dict(revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token,
                    endpoint=endpoint)
-        config, state, source = _load_hub(str(name_or_path), hub)
+        config, state, source = _load_hub(where, hub)
     return build_model(config, state, source, dtype=dtype, device=device)
 
 
-def build_model(config: DalleBartConfig, state: dict, source: str, dtype=torch.float32, device=None):
-    """Strictly load `state` into a DalleBart built on the meta device (no random init of big models)."""
+def locate(name_or_path, holding: str, example: str) -> Union[Path, str]:
+    """A local directory (as a Path) or a hub repo id (as a str); anything else is a path that is missing."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
+        raise FileNotFoundError(f"{name_or_path}: not a directory holding {holding}, nor a hub repo id like "
+                                f"{example!r}")
+    return str(name_or_path)
+
+
+def build_model(config, state: dict, source: str, dtype=torch.float32, device=None, model_class=DalleBart):
+    """Strictly load `state` into a `model_class` (DalleBart unless given) built on the meta device, so big
+    models skip their random init."""
     with torch.device("meta"):
-        model = DalleBart(config)
+        model = model_class(config)
     # names and shapes, checked against meta stand-ins (no data copied), then the real tensors are assigned
     load_strict(model, {k: torch.empty_like(v, device="meta") for k, v in state.items()}, source)
     model.load_state_dict(state, strict=True, assign=True)
@@ -120,7 +140,7 @@ def build_model(config: DalleBartConfig, state: dict, source: str, dtype=torch.f
 
 def _load_local(directory: Path):
     files = {p.name: p for p in directory.iterdir()}
-    _refuse_pickles(files, str(directory))
+    refuse_pickles(files, str(directory))
     if CONFIG_NAME not in files:
         raise FileNotFoundError(f"{directory}: no {CONFIG_NAME}; save models with DalleBart.save_pretrained")
     if WEIGHTS_NAME in files:
@@ -131,11 +151,14 @@ def _load_local(directory: Path):
     raise FileNotFoundError(f"{directory}: neither {WEIGHTS_NAME} nor {FLAX_WEIGHTS_NAME}")
 
 
-def _refuse_pickles(names, where: str) -> None:
+_EXPORT_HINT = "Export them to safetensors with `python -m dalle_mini_pt.export`."
+
+
+def refuse_pickles(names, where: str, fix: str = _EXPORT_HINT) -> None:
     pickled = [n for n in names if n in PICKLED_NAMES]
     if pickled and WEIGHTS_NAME not in names and FLAX_WEIGHTS_NAME not in names:
         raise ValueError(f"{where}: only pickled weights ({pickled}); dalle_mini_pt never unpickles downloaded "
-                         "files. Export them to safetensors with `python -m dalle_mini_pt.export`.")
+                         f"files. {fix}")
 
 
 def _read_native(config_path: Path, weights_path: Path):
@@ -165,23 +188,23 @@ def read_safetensors(path) -> dict[str, torch.Tensor]:
     return load_file(path)
 
 
-def _hub_file(repo_id: str, filename: str, hub: dict) -> Optional[Path]:
-    """The cached path of one repo file, or None if the repo does not have it."""
+def hub_file(repo_id: str, filename: str, hub: dict, required: bool = False) -> Optional[Path]:
+    """The cached path of one repo file, or None if the repo does not have it (an error if `required`)."""
     try:
         return Path(hf_hub_download(repo_id, filename, **hub))
     except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as err:
         raise FileNotFoundError(f"{repo_id} (revision {hub['revision'] or 'main'}): no such local directory "
                                 f"or hub repository/revision ({type(err).__name__})") from err
     except LocalEntryNotFoundError as err:
-        if filename == CONFIG_NAME:
+        if required:
             raise FileNotFoundError(f"{repo_id}/{filename}: not in the local cache and the hub was not asked "
                                     f"(offline or local_files_only); {err}") from err
         return None
     except (EntryNotFoundError, HfHubHTTPError) as err:
         if getattr(getattr(err, "response", None), "status_code", 404) != 404:
             raise
-        if filename == CONFIG_NAME:
-            raise FileNotFoundError(f"{repo_id}: the repository has no {CONFIG_NAME}") from err
+        if required:
+            raise FileNotFoundError(f"{repo_id}: the repository has no {filename}") from err
         return None
 
 
@@ -191,27 +214,33 @@ def converted_cache_dir(repo_id: str, commit: str, cache_dir=None) -> Path:
     return root / "dalle_mini_pt-converted" / repo_id.replace("/", "--") / commit
 
 
+def snapshot_commit(path: Path, filename: str) -> str:
+    """The commit a file fetched by `hub_file` belongs to: its snapshot folder is named after it."""
+    return path.parents[len(PurePosixPath(filename).parts) - 1].name
+
+
 def _load_hub(repo_id: str, hub: dict):
-    config_path = _hub_file(repo_id, CONFIG_NAME, hub)
-    weights = _hub_file(repo_id, WEIGHTS_NAME, hub)
+    config_path = hub_file(repo_id, CONFIG_NAME, hub, required=True)
+    weights = hub_file(repo_id, WEIGHTS_NAME, hub)
     if weights is not None:
         return _read_native(config_path, weights)
-    # the snapshot folder is named after the commit, so a moving branch never serves a stale conversion
-    cache = converted_cache_dir(repo_id, config_path.parent.name, hub["cache_dir"])
+    # keyed by commit, so a moving branch never serves a stale conversion
+    cache = converted_cache_dir(repo_id, snapshot_commit(config_path, CONFIG_NAME), hub["cache_dir"])
     if (cache / WEIGHTS_NAME).exists():
         return _read_native(cache / CONFIG_NAME, cache / WEIGHTS_NAME)
-    flax_path = _hub_file(repo_id, FLAX_WEIGHTS_NAME, hub)
+    flax_path = hub_file(repo_id, FLAX_WEIGHTS_NAME, hub)
     if flax_path is None:
-        pickled = [n for n in PICKLED_NAMES if _hub_file(repo_id, n, hub) is not None]
-        _refuse_pickles(pickled, repo_id)
+        pickled = [n for n in PICKLED_NAMES if hub_file(repo_id, n, hub) is not None]
+        refuse_pickles(pickled, repo_id)
         raise FileNotFoundError(f"{repo_id}: the repository has neither {WEIGHTS_NAME} nor {FLAX_WEIGHTS_NAME} "
                                 "(or, offline / local_files_only, neither is in the local cache)")
     config, state = convert_flax_checkpoint(flax_path, load_config_json(config_path))
-    _write_converted(cache, config, state)
+    write_converted(cache, config, state)
     return config, state, str(flax_path)
 
 
-def _write_converted(cache: Path, config: DalleBartConfig, state: dict) -> None:
+def write_converted(cache: Path, config, state: dict) -> None:
+    """Store a conversion as our native format (config.json + model.safetensors) for the next load."""
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / (WEIGHTS_NAME + ".tmp")
     save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata={"format": "pt"})
@@ -228,8 +257,8 @@ def load_tokenizer(name_or_path, *, max_length: Optional[int] = None, revision: 
     hub = dict(revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token)
     if max_length is None:
         path = Path(name_or_path)
-        config_path = path / CONFIG_NAME if path.is_dir() else _hub_file(str(name_or_path), CONFIG_NAME,
-                                                                        {**hub, "endpoint": None})
+        config_path = path / CONFIG_NAME if path.is_dir() else hub_file(str(name_or_path), CONFIG_NAME,
+                                                                       {**hub, "endpoint": None}, required=True)
         values = load_config_json(config_path)
         # the 2021 model's config is BART's, which knows only its 1024-row position table
         max_length = values.get("max_text_length") or min(TEXT_LENGTH_2021, values["max_position_embeddings"])

@@ -37,7 +37,9 @@ class PromptImages:
 
 def load_vqgan(spec: str):
     """A `.safetensors` file (saved by `VQGAN.save_safetensors`), a taming `.ckpt` (the f16/16384 config),
-    or a Hydra yaml such as `conf/vqgan/tiny.yaml`."""
+    a Hydra yaml such as `conf/vqgan/tiny.yaml`, or else a directory or hub repo for `VQGAN.from_pretrained`
+    (ours, vqgan-jax's Flax one such as `dalle-mini/vqgan_imagenet_f16_16384`, or taming's model.yaml +
+    last.ckpt)."""
     from .vqgan import VQGAN, VQGANConfig
 
     path = Path(spec)
@@ -47,7 +49,8 @@ def load_vqgan(spec: str):
         return VQGAN.from_taming_checkpoint(path, VQGANConfig())
     if path.suffix in (".yaml", ".yml"):
         return instantiate(OmegaConf.load(path))
-    raise ValueError(f"--vqgan {spec!r}: pass a .safetensors file, a taming .ckpt or a Hydra .yaml")
+    # hub repo names may contain dots, so every other spec goes here; it names what it could not find
+    return VQGAN.from_pretrained(spec)
 
 
 def load_clip(spec: Optional[str], device=None):

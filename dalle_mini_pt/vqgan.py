@@ -143,6 +143,16 @@ def _load_weights_only(path) -> object:
             + "\nthen use VQGAN.from_safetensors('vqgan.safetensors', config).") from err
 
 
+def taming_state_dict(path) -> dict[str, torch.Tensor]:
+    """The VQGAN tensors of a taming `.ckpt`, read without running pickled code; `loss.*` dropped."""
+    obj = _load_weights_only(path)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no state dict of tensors (neither the checkpoint nor its "
+                         "'state_dict' entry maps names to tensors); is it a taming VQGAN checkpoint?")
+    return {k: v for k, v in state.items() if not k.startswith("loss.")}
+
+
 class VQGAN(nn.Module):
     """taming's VQModel without its training half: `encode` images to codes, `decode` codes to images.
     Both are inference helpers (no autograd graph); the image model trains on stored codes."""
@@ -241,16 +251,31 @@ class VQGAN(nn.Module):
     def from_taming_checkpoint(cls, path, config: VQGANConfig | Mapping) -> "VQGAN":
         """Load a taming `.ckpt` (a Lightning dict with "state_dict", or a bare state dict) without running
         any pickled code; taming's `loss.*` (discriminator, LPIPS) weights are dropped."""
-        obj = _load_weights_only(path)
-        state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(f"{path} holds no state dict of tensors (neither the checkpoint nor its "
-                             "'state_dict' entry maps names to tensors); is it a taming VQGAN checkpoint?")
         model = cls(config)
         # Strict: a config that disagrees with the checkpoint fails naming the keys. load_state_dict copies
         # into the float32 parameters whatever dtype the file stored.
-        load_strict(model, {k: v for k, v in state.items() if not k.startswith("loss.")}, str(path))
+        load_strict(model, taming_state_dict(path), str(path))
         return model
+
+    # The hub functions live in vqgan_hub.py (they import this module, hence the local imports).
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs) -> "VQGAN":
+        """From a directory or hub repo (ours, vqgan-jax Flax or taming); see `vqgan_hub.load_pretrained`."""
+        from .vqgan_hub import load_pretrained
+
+        return load_pretrained(name_or_path, **kwargs)
+
+    def save_pretrained(self, directory, **kwargs):
+        """config.json + model.safetensors + model card; see `vqgan_hub.save_pretrained`."""
+        from .vqgan_hub import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Save and upload as one commit; see `vqgan_hub.push_to_hub`."""
+        from .vqgan_hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     def save_safetensors(self, path) -> None:
         save_file(self.state_dict(), str(path), metadata={"config": json.dumps(self.config.to_dict())})
