@@ -45,6 +45,8 @@ class DalleMiniModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.compile = compile
         self.flops_per_batch: Optional[int] = None
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        self._param_counts = (count(net.encoder), count(net.decoder))
 
     @property
     def config(self) -> DalleBartConfig:
@@ -70,9 +72,6 @@ class DalleMiniModule(pl.LightningModule):
 
     def _train_flops(self, batch: dict) -> int:
         """Forward + backward ≈ 6 × parameters touched × tokens, per half of the network (for MFU)."""
-        if not hasattr(self, "_param_counts"):
-            count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-            self._param_counts = (count(self.net.encoder), count(self.net.decoder))
         enc, dec = self._param_counts
         return 6 * (enc * batch["input_ids"].numel() + dec * batch["labels"].numel())
 
