@@ -105,15 +105,18 @@ def load_pretrained(name_or_path, *, revision: Optional[str] = None, local_files
                     ) -> DalleBart:
     """A DalleBart in eval mode from a local directory or a hub repo, in `dtype` (default float32)."""
     dtype = as_dtype(dtype) or torch.float32
-    where = locate(name_or_path, f"{CONFIG_NAME} and {WEIGHTS_NAME} (or {FLAX_WEIGHTS_NAME})",
-                   "dalle-mini/dalle-mini")
-    if isinstance(where, Path):
-        config, state, source = _load_local(where)
-    else:
-        hub = dict(revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token,
-                   endpoint=endpoint)
-        config, state, source = _load_hub(where, hub)
+    config, state, source = read_checkpoint(
+        name_or_path, f"{CONFIG_NAME} and {WEIGHTS_NAME} (or {FLAX_WEIGHTS_NAME})", "dalle-mini/dalle-mini",
+        _load_local, _load_hub, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir,
+        token=token, endpoint=endpoint)
     return build_model(config, state, source, dtype=dtype, device=device)
+
+
+def read_checkpoint(name_or_path, holding: str, example: str, load_local, load_hub, **hub):
+    """(config, state, source) from a local directory (`load_local(path)`) or a hub repo
+    (`load_hub(repo_id, hub_kwargs)`), whichever `name_or_path` names."""
+    where = locate(name_or_path, holding, example)
+    return load_local(where) if isinstance(where, Path) else load_hub(where, hub)
 
 
 def locate(name_or_path, holding: str, example: str) -> Union[Path, str]:

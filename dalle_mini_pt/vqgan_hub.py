@@ -27,9 +27,9 @@ import yaml
 from safetensors.torch import save_file
 
 from .convert_flax import load_config_json, read_flax_msgpack, vqgan_state_dict
-from .hub import (CONFIG_NAME, FLAX_WEIGHTS_NAME, PICKLED_NAMES, WEIGHTS_NAME, build_model, converted_cache_dir,
-                  hub_file, locate, read_safetensors, refuse_pickles, snapshot_commit, upload_saved,
-                  write_converted)
+from .hub import (CONFIG_NAME, FLAX_WEIGHTS_NAME, PICKLED_NAMES, WEIGHTS_NAME, build_model,
+                  converted_cache_dir, hub_file, read_checkpoint, read_safetensors, refuse_pickles,
+                  snapshot_commit, upload_saved, write_converted)
 from .vqgan import VQGAN, VQGANConfig, taming_state_dict
 
 # (config, weights) pairs of taming's layout: flat, as on the hub, or as the heidelberg release unzips
@@ -100,14 +100,10 @@ def load_pretrained(name_or_path, *, revision: Optional[str] = None, local_files
                     device=None, cache_dir=None, token=None, endpoint: Optional[str] = None,
                     pixel_range: Optional[str] = None) -> VQGAN:
     """A float32 VQGAN in eval mode from a local directory or a hub repo in any of the three layouts."""
-    where = locate(name_or_path, f"{CONFIG_NAME} + {WEIGHTS_NAME} (or + {FLAX_WEIGHTS_NAME}, or a taming "
-                                 "model.yaml + last.ckpt)", "dalle-mini/vqgan_imagenet_f16_16384")
-    if isinstance(where, Path):
-        config, state, source = _load_local(where)
-    else:
-        hub = dict(revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token,
-                   endpoint=endpoint)
-        config, state, source = _load_hub(where, hub)
+    config, state, source = read_checkpoint(
+        name_or_path, f"{CONFIG_NAME} + {WEIGHTS_NAME} (or + {FLAX_WEIGHTS_NAME}, or a taming model.yaml + "
+        "last.ckpt)", "dalle-mini/vqgan_imagenet_f16_16384", _load_local, _load_hub, revision=revision,
+        local_files_only=local_files_only, cache_dir=cache_dir, token=token, endpoint=endpoint)
     if pixel_range is not None:
         config = dataclasses.replace(config, pixel_range=pixel_range)
     return build_model(config, state, source, dtype=torch.float32, device=device, model_class=VQGAN)
