@@ -16,11 +16,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from dalle_mini_pt.config import DalleBartConfig
+
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def check_compatible(datamodule, model) -> None:
-    """Cross-group checks that no single object can make on its own."""
+    """Cross-group checks that no single object can make on its own (text models only)."""
+    if not (hasattr(datamodule, "tokenizer") and isinstance(getattr(model, "config", None), DalleBartConfig)):
+        return
     cfg = model.config
     if datamodule.tokenizer.max_length > cfg.text_positions:
         raise ValueError(f"data.text_length={datamodule.tokenizer.max_length} exceeds the model's "
