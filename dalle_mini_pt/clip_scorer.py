@@ -16,7 +16,9 @@ Two ways to build one:
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Union
@@ -26,7 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from safetensors.torch import load_file, save_file
+
 from .torchvision_fix import patch_torchvision
+from .weights import load_strict
 
 patch_torchvision()  # open_clip imports torchvision at module level
 import open_clip  # noqa: E402
@@ -96,7 +101,29 @@ class ClipScorer(nn.Module):
             model = CLIP(**cfg)
         preprocess = PreprocessCfg(size=model.visual.image_size)
         set_model_preprocess_cfg(model, asdict(preprocess))
-        return cls(model, tokenizer, batch_size)
+        scorer = cls(model, tokenizer, batch_size)
+        scorer.model_cfg = cfg
+        return scorer
+
+    def save(self, directory) -> None:
+        """config.json (the custom model config) + model.safetensors, for scorers built by `from_config`
+        (named open_clip models are reloaded by name and tag instead)."""
+        cfg = getattr(self, "model_cfg", None)
+        if cfg is None:
+            raise ValueError("only scorers built with from_config can be saved; reload named models by name")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps({"model_cfg": cfg, "batch_size": self.batch_size}))
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, directory / "model.safetensors")
+
+    @classmethod
+    def load(cls, directory) -> "ClipScorer":
+        """A scorer written by `save`, loaded strictly."""
+        directory = Path(directory)
+        meta = json.loads((directory / "config.json").read_text())
+        scorer = cls.from_config(meta["model_cfg"], batch_size=meta.get("batch_size", 32))
+        load_strict(scorer.model, load_file(directory / "model.safetensors"), str(directory / "model.safetensors"))
+        return scorer.eval()
 
     @property
     def device(self) -> torch.device:
@@ -109,6 +136,10 @@ class ClipScorer(nn.Module):
     @torch.inference_mode()
     def preprocess(self, images: Images) -> Tensor:
         """Resize, crop and normalise as the model expects: (B, 3, H, W) on the model's device."""
+        return self.prepare(images)
+
+    def prepare(self, images: Images) -> Tensor:
+        """`preprocess` without inference mode, for training (its output can enter autograd)."""
         pixels = [images] if isinstance(images, Tensor) else [_image_to_tensor(im) for im in images]
         resized = [self._resize(p.to(self.device, torch.float32)) for p in pixels]
         x = torch.cat(resized).clamp_(0, 1)  # bicubic overshoots; PIL's uint8 output cannot
