@@ -41,3 +41,12 @@ def test_splits_captions_and_determinism():
     assert parse_caption(a[0][0]) in split_scenes("train")
     with pytest.raises(ValueError, match="names 2 colours"):
         parse_caption("a red and blue circle, small, top left")
+
+
+def test_folder_export_feeds_the_encoder_tool(tmp_path):
+    from dalle_mini_pt.data.image_sources import FolderSource
+    from dalle_mini_pt.data.shapes import write_folder
+
+    write_folder(tmp_path / "scenes", "heldout", 6, seed=1)
+    source = FolderSource(tmp_path / "scenes")
+    assert len(source) == 6

@@ -16,10 +16,12 @@ dataset's own renders.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -104,6 +106,28 @@ def make_split(split: str, n: int, resolution: int = RESOLUTION, seed: int = 0) 
     return captions, [render(s, resolution, rng) for s in order]
 
 
+def write_folder(out, split: str, n: int, resolution: int = RESOLUTION, seed: int = 0) -> Path:
+    """The split as an img2dataset-style folder (`00000.png` + `00000.txt`), the encoder tool's input.
+    PNG, not JPEG: compression artefacts would blur the flat colours the judge measures."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (caption, image) in enumerate(zip(*make_split(split, n, resolution, seed))):
+        image.save(out / f"{i:05d}.png")
+        (out / f"{i:05d}.txt").write_text(caption + "\n")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write rendered shape scenes as an image folder.")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--split", default="train", choices=["train", "validation", "heldout"])
+    parser.add_argument("--n", type=int, default=4000)
+    parser.add_argument("--resolution", type=int, default=RESOLUTION)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(write_folder(args.out, args.split, args.n, args.resolution, args.seed))
+
+
 # --- the judge --------------------------------------------------------------------------------------------
 
 _WORDS = {"colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(SIZES), "position": POSITIONS}
@@ -164,3 +188,7 @@ def judge(image, caption: str) -> dict[str, bool]:
     result = {attr: seen[attr] == getattr(asked, attr) for attr in _WORDS}
     result["all"] = all(result.values())
     return result
+
+
+if __name__ == "__main__":
+    main()
