@@ -9,7 +9,9 @@ the Flax warpers' definitions exactly.
 
 Speed and fixed shapes (XLA, CUDA graphs): conditional and unconditional rows share one batch, the
 cross-attention K/V are computed once per prompt, the self-attention K/V cache is preallocated and written
-at the step index, and the step index is a tensor.
+at the step index, and the step index is a tensor. On torch-xla each step is cut into its own graph (one
+compile serves all 256 steps, instead of one program unrolled over them), and the Gumbel noise is drawn on
+the CPU, since XLA has no `torch.Generator`; a seed then gives the same codes on both devices.
 """
 
 from __future__ import annotations
@@ -39,9 +41,19 @@ def apply_warpers(logits: torch.Tensor, temperature, top_k: Optional[int], top_p
 
 
 def gumbel_noise(shape, generator: Optional[torch.Generator], device, out=None) -> torch.Tensor:
+    if generator is not None and generator.device.type != torch.device(device).type:
+        return gumbel_noise(shape, generator, generator.device).to(device)  # e.g. a CPU generator for XLA
     u = torch.rand(shape, generator=generator, device=device, out=out)
     # clamp keeps log(0) out of the way; the smallest float32 uniform is far from the tails that matter
     return u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()
+
+
+def _cut_graph(device: torch.device) -> None:
+    """On a lazy-tensor device (torch-xla), compile and run what has been traced so far."""
+    if device.type == "xla":
+        import torch_xla
+
+        torch_xla.sync()
 
 
 def _check_options(model: DalleBart, rows: int, top_k, top_p, temperature, condition_scale, noise, uncond):
@@ -62,7 +74,7 @@ def _check_options(model: DalleBart, rows: int, top_k, top_p, temperature, condi
                          f"= {expected}")
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: torch-xla cannot take views of inference tensors
 def generate(
     model: DalleBart,
     input_ids: torch.Tensor,
@@ -96,7 +108,7 @@ def generate(
     _check_options(model, rows, top_k, top_p, temperature, condition_scale, noise, uncond)
     guided = condition_scale != 1.0
     if generator is None and noise is None:
-        generator = torch.Generator(device=device)
+        generator = torch.Generator(device="cpu" if device.type == "xla" else device)
         generator.manual_seed(seed if seed is not None else torch.seed())
 
     # one encoder pass for the prompts and the single unconditional prompt, expanded to the rows
@@ -117,6 +129,7 @@ def generate(
     not_a_code = torch.arange(cfg.image_rows, device=device) >= cfg.codebook_size
     noise_buffer = torch.empty((rows, cfg.image_rows), device=device)
     position = torch.zeros(1, dtype=torch.long, device=device)
+    _cut_graph(device)
 
     steps = tqdm(range(cfg.image_length), disable=None if progress is None else not progress,
                  desc="sampling codes", leave=False)
@@ -134,4 +147,5 @@ def generate(
         codes.index_copy_(1, position, nxt[:, None])  # indexed by the step tensor: one graph for all steps
         tokens = torch.cat([nxt, nxt]) if guided else nxt
         position += 1
+        _cut_graph(device)
     return (codes, all_logits) if return_logits else codes

@@ -34,6 +34,10 @@ def test_every_experiment_composes_and_instantiates(experiment, tiny_data, tmp_p
         with capsys.disabled():
             print(f"\n[{experiment}] Trainer not built: accelerator=tpu needs torch_xla (the [tpu] extra)")
         pytest.skip("torch_xla is not installed: the TPU Trainer cannot be built on this machine")
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        with capsys.disabled():
+            print(f"\n[{experiment}] Trainer not built: accelerator=gpu needs a CUDA device")
+        pytest.skip("no CUDA device: the GPU Trainer cannot be built on this machine")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
     assert trainer.max_steps == cfg.trainer.max_steps
 
