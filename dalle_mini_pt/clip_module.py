@@ -11,6 +11,7 @@ import torch
 from open_clip.loss import ClipLoss
 
 from .clip_scorer import ClipScorer
+from .schedules import lightning_optimizers
 
 
 class ClipModule(pl.LightningModule):
@@ -45,11 +46,7 @@ class ClipModule(pl.LightningModule):
         self.log("val/retrieval_top1", sum(hits) / n, prog_bar=True, batch_size=n)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=[p for p in self.scorer.parameters() if p.requires_grad])
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return lightning_optimizers(self, [p for p in self.scorer.parameters() if p.requires_grad], self.optimizer_factory, self.scheduler_factory)
 
     def on_train_end(self) -> None:
         if self.save_dir and self.trainer.is_global_zero:

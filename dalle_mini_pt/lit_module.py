@@ -10,6 +10,7 @@ from torch import nn
 
 from .config import DalleBartConfig
 from .model import DalleBart
+from .schedules import lightning_optimizers
 
 
 def batch_size(batch: dict) -> int:
@@ -76,11 +77,7 @@ class DalleMiniModule(pl.LightningModule):
         return 6 * (enc * batch["input_ids"].numel() + dec * batch["labels"].numel())
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=param_groups(self.net))
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return lightning_optimizers(self, param_groups(self.net), self.optimizer_factory, self.scheduler_factory)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # lets export tools rebuild the network from a Lightning checkpoint alone

@@ -42,3 +42,13 @@ def warmup_schedule(optimizer: Optimizer, total_steps: int, warmup_steps: int = 
     kwargs = dict(warmup_steps=warmup_steps, total_steps=int(total_steps) if known else 0,
                   decay=decay, decay_rate=decay_rate, transition_steps=transition_steps, staircase=staircase)
     return LambdaLR(optimizer, lambda step: lr_factor(step, **kwargs))
+
+
+def lightning_optimizers(module, params, optimizer_factory, scheduler_factory=None):
+    """`configure_optimizers` output for every LightningModule here: the Hydra optimizer partial over
+    `params`, and the schedule partial (if any) stepped per optimizer step over the run's length."""
+    optimizer = optimizer_factory(params=params)
+    if scheduler_factory is None:
+        return optimizer
+    scheduler = scheduler_factory(optimizer=optimizer, total_steps=module.trainer.estimated_stepping_batches)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .vqgan import VQGAN
+from .schedules import lightning_optimizers
 
 RECON_LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 
@@ -98,11 +99,7 @@ class VQGANModule(pl.LightningModule):
         self.val_hits.zero_()
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=[p for p in self.vqgan.parameters() if p.requires_grad])
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return lightning_optimizers(self, [p for p in self.vqgan.parameters() if p.requires_grad], self.optimizer_factory, self.scheduler_factory)
 
     def on_train_end(self) -> None:
         if self.save_dir and self.trainer.is_global_zero:
