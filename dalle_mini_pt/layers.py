@@ -38,7 +38,10 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        # statistics in float32, as the reference's Flax LayerNorm computes them; it also keeps CPU autocast
+        # (bf16-mixed) working, whose layer_norm backward fails on a bf16 input with a float bias and no weight
+        weight = None if self.weight is None else self.weight.float()
+        return F.layer_norm(x.float(), x.shape[-1:], weight, self.bias.float(), self.eps).to(x.dtype)
 
 
 def _feeds_linear_norm(config: DalleBartConfig, dim: int) -> LayerNorm:
