@@ -54,12 +54,17 @@ def load_vqgan(spec: str):
 
 
 def load_clip(spec: Optional[str], device=None):
-    """`none`, `NAME:TAG` (open_clip; the tag's weights are downloaded) or a Hydra yaml."""
-    if spec is None or spec.lower() == "none":
+    """`none`, `NAME:TAG` (open_clip; the tag's weights are downloaded), a Hydra yaml, or a directory written
+    by `ClipScorer.save` (e.g. the embedded default's trained CLIP)."""
+    if spec is None or str(spec).lower() == "none":
         return None
+    spec = str(spec)
     if spec.endswith((".yaml", ".yml")):
         return instantiate(OmegaConf.load(spec)).to(device or "cpu")
     from .clip_scorer import ClipScorer
+
+    if Path(spec).is_dir():
+        return ClipScorer.load(spec).to(device or "cpu")
 
     name, _, tag = spec.partition(":")
     return ClipScorer.from_pretrained(name, tag or None, device=device or "cpu")

@@ -187,8 +187,10 @@ def build_vqgan(vqgan_cfg: DictConfig, weights: Optional[str], device: str) -> V
                       "only; the codes mean nothing to a trained model)", stacklevel=2)
     elif str(weights).endswith(".safetensors"):
         model = VQGAN.from_safetensors(weights, model.config)
-    else:
+    elif str(weights).endswith(".ckpt"):
         model = VQGAN.from_taming_checkpoint(weights, model.config)
+    else:  # a saved directory or hub repo carries its own architecture, so `vqgan=` is not consulted
+        model = VQGAN.from_pretrained(weights)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval()
