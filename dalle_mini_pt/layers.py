@@ -38,10 +38,11 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # statistics in float32, as the reference's Flax LayerNorm computes them; it also keeps CPU autocast
-        # (bf16-mixed) working, whose layer_norm backward fails on a bf16 input with a float bias and no weight
-        weight = None if self.weight is None else self.weight.float()
-        return F.layer_norm(x.float(), x.shape[-1:], weight, self.bias.float(), self.eps).to(x.dtype)
+        if x.dtype == self.bias.dtype:  # float32 training, or bf16 weights (their kernel accumulates in float32)
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        # mixed precision (CPU autocast hands a bf16 input to float32 parameters): in float32, since the
+        # backward of a bf16 input with a float32 bias and no weight fails ("expected scalar type BFloat16")
+        return F.layer_norm(x.float(), x.shape[-1:], self.weight, self.bias, self.eps).to(x.dtype)
 
 
 def _feeds_linear_norm(config: DalleBartConfig, dim: int) -> LayerNorm:
