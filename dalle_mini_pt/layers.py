@@ -167,8 +167,10 @@ class DecoderLayer(nn.Module):
         return self._cross_and_ffn(x, *self.cross_attn.project_kv(encoder_states), cross_mask)
 
     def step(self, x, self_k, self_v, self_mask, cross_k, cross_v, cross_mask, position) -> torch.Tensor:
-        """One cached decoding step: writes this token's K/V into the preallocated cache at `position`
-        (a 1-element tensor, so every step has the same shapes) and attends over the whole cache."""
+        """One cached decoding step for x (rows, 1, d): writes this token's K/V into the cache at `position`
+        (a 1-element tensor) and attends over the cache, under `self_mask` if it is given. The cross-attention
+        K/V hold one entry per group of rows that share a prompt, so x is viewed as (groups, rows/group, d)
+        for it: the rows of a group are that attention's queries."""
 
         def cached_self_attention(h):
             k, v = self.self_attn.project_kv(h)
@@ -177,7 +179,8 @@ class DecoderLayer(nn.Module):
             return self.self_attn(h, self_k, self_v, mask=self_mask)
 
         x = self.self_attn_norms(x, cached_self_attention)
-        return self._cross_and_ffn(x, cross_k, cross_v, cross_mask)
+        return self._cross_and_ffn(x.view(cross_k.shape[0], -1, x.shape[-1]), cross_k, cross_v,
+                                   cross_mask).view(x.shape)
 
     def _cross_and_ffn(self, x, cross_k, cross_v, cross_mask):
         x = self.cross_attn_norms(x, lambda h: self.cross_attn(h, cross_k, cross_v, mask=cross_mask))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -68,13 +69,14 @@ class TextEncoder(nn.Module):
 
 @dataclass
 class DecoderCache:
-    """Fixed-shape state of cached decoding: nothing in here changes shape between steps."""
+    """State of cached decoding. Rows come in groups of `rows // groups` that share one encoded prompt (the
+    images of a prompt), so the cross-attention K/V are stored once per group."""
 
     self_k: torch.Tensor  # (layers, rows, heads, image_length, head_dim), written at the step index
     self_v: torch.Tensor
-    cross_k: torch.Tensor  # (layers, rows, heads, text_length, head_dim), computed once per prompt
+    cross_k: torch.Tensor  # (layers, groups, heads, text_length, head_dim)
     cross_v: torch.Tensor
-    cross_mask: torch.Tensor  # (rows, 1, 1, text_length)
+    cross_mask: torch.Tensor  # (groups, 1, 1, text_length)
     key_positions: torch.Tensor  # (image_length,) arange, compared with the step index for the causal mask
 
 
@@ -100,9 +102,11 @@ class ImageTokenDecoder(nn.Module):
                        checkpointing=self.config.gradient_checkpointing and self.training)
         return self._head(h)
 
-    def init_cache(self, encoder_states: torch.Tensor, attention_mask: torch.Tensor) -> DecoderCache:
+    def init_cache(self, encoder_states: torch.Tensor, attention_mask: torch.Tensor,
+                   rows_per_state: int = 1) -> DecoderCache:
+        """A cache for `rows_per_state` rows per encoded prompt: row r attends to state r // rows_per_state."""
         cfg = self.config
-        rows, heads = encoder_states.shape[0], cfg.decoder_attention_heads
+        rows, heads = encoder_states.shape[0] * rows_per_state, cfg.decoder_attention_heads
         shape = (len(self.layers), rows, heads, cfg.image_length, cfg.d_model // heads)
         cross = [layer.cross_attn.project_kv(encoder_states) for layer in self.layers]
         return DecoderCache(
@@ -114,13 +118,21 @@ class ImageTokenDecoder(nn.Module):
             key_positions=torch.arange(cfg.image_length, device=encoder_states.device),
         )
 
-    def step(self, tokens: torch.Tensor, position: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
-        """Logits (rows, image_rows) for `tokens` (rows,) at `position` (a 1-element long tensor)."""
+    def step(self, tokens: torch.Tensor, position: torch.Tensor, cache: DecoderCache,
+             length: Optional[int] = None) -> torch.Tensor:
+        """Logits (rows, image_rows) for `tokens` (rows,) at `position` (a 1-element long tensor).
+
+        `length` (= position + 1, known on the host) attends over the written part of the cache only; without
+        it every step attends over the whole cache under a causal mask, so all steps have one shape (XLA)."""
         h = self.embed(tokens[:, None], position)
-        self_mask = (cache.key_positions <= position)[None, None, None, :]
+        if length is None:
+            self_k, self_v = cache.self_k, cache.self_v
+            self_mask = (cache.key_positions <= position)[None, None, None, :]
+        else:
+            self_k, self_v, self_mask = cache.self_k[..., :length, :], cache.self_v[..., :length, :], None
         for i, layer in enumerate(self.layers):
-            h = layer.step(h, cache.self_k[i], cache.self_v[i], self_mask,
-                           cache.cross_k[i], cache.cross_v[i], cache.cross_mask, position)
+            h = layer.step(h, self_k[i], self_v[i], self_mask, cache.cross_k[i], cache.cross_v[i],
+                           cache.cross_mask, position)
         return self._head(h)[:, 0]
 
 

@@ -74,7 +74,21 @@ def _check_options(model: DalleBart, rows: int, top_k, top_p, temperature, condi
                          f"= {expected}")
 
 
-@torch.no_grad()  # not inference_mode: torch-xla cannot take views of inference tensors
+def _init_cache(model: DalleBart, input_ids, attention_mask, uncond, num_images: int):
+    """One encoder pass over the prompts and the unconditional prompt. Rows are grouped by the prompt they
+    attend to: the images of each prompt, then (guided) one unconditional group mirroring each of those."""
+    ids, mask = input_ids, attention_mask
+    prompts = input_ids.shape[0]
+    if uncond is not None:
+        ids = torch.cat([ids, uncond[0][:1].to(ids.device)])
+        mask = torch.cat([mask, uncond[1][:1].to(ids.device)])
+    states = model.encoder(ids, mask)
+    if uncond is not None and prompts > 1:
+        index = torch.arange(2 * prompts, device=ids.device).clamp_(max=prompts)
+        states, mask = states[index], mask[index]
+    return model.decoder.init_cache(states, mask, rows_per_state=num_images)
+
+
 def generate(
     model: DalleBart,
     input_ids: torch.Tensor,
@@ -101,7 +115,6 @@ def generate(
     (rows, image_length, image_rows). `noise` (image_length, rows, image_rows) replaces the Gumbel draws.
     `progress`: a bar over the steps; None shows it only on a terminal.
     """
-    cfg = model.config
     device = input_ids.device
     rows = input_ids.shape[0] * num_images
     uncond = None if uncond_input_ids is None else (uncond_input_ids, uncond_attention_mask)
@@ -110,20 +123,21 @@ def generate(
     if generator is None and noise is None:
         generator = torch.Generator(device="cpu" if device.type == "xla" else device)
         generator.manual_seed(seed if seed is not None else torch.seed())
+    # torch-xla cannot take views of inference tensors
+    with torch.no_grad() if device.type == "xla" else torch.inference_mode():
+        cache = _init_cache(model, input_ids, attention_mask, uncond if guided else None, num_images)
+        return _sample(model, cache, rows, guided, top_k, top_p, temperature, condition_scale, generator,
+                       noise, return_logits, progress)
 
-    # one encoder pass for the prompts and the single unconditional prompt, expanded to the rows
-    ids, mask = input_ids, attention_mask
-    row_index = torch.arange(input_ids.shape[0], device=device).repeat_interleave(num_images)
-    if guided:
-        ids = torch.cat([ids, uncond[0][:1].to(device)])
-        mask = torch.cat([mask, uncond[1][:1].to(device)])
-        row_index = torch.cat([row_index, row_index.new_full((rows,), input_ids.shape[0])])
-    states = model.encoder(ids, mask)
-    cache = model.decoder.init_cache(states[row_index], mask[row_index])
 
+def _sample(model: DalleBart, cache, rows: int, guided: bool, top_k, top_p, temperature, condition_scale,
+            generator, noise, return_logits: bool, progress):
+    cfg, device = model.config, cache.self_k.device
+    static = device.type == "xla"  # every step the same shapes, and no step length read on the host
     temperature = torch.tensor(float(temperature), device=device)
     scale = torch.tensor(float(condition_scale), device=device)
-    tokens = torch.full((row_index.shape[0],), cfg.decoder_start_token_id, dtype=torch.long, device=device)
+    tokens = torch.full((2 * rows if guided else rows,), cfg.decoder_start_token_id, dtype=torch.long,
+                        device=device)
     codes = torch.empty((rows, cfg.image_length), dtype=torch.long, device=device)
     all_logits = torch.empty((rows, cfg.image_length, cfg.image_rows), device=device) if return_logits else None
     not_a_code = torch.arange(cfg.image_rows, device=device) >= cfg.codebook_size
@@ -134,7 +148,7 @@ def generate(
     steps = tqdm(range(cfg.image_length), disable=None if progress is None else not progress,
                  desc="sampling codes", leave=False)
     for t in steps:
-        logits = model.decoder.step(tokens, position, cache).float()
+        logits = model.decoder.step(tokens, position, cache, length=None if static else t + 1).float()
         if guided:
             cond, uncond_logits = logits[:rows], logits[rows:]
             logits = uncond_logits + scale * (cond - uncond_logits)
@@ -145,7 +159,7 @@ def generate(
                                                                          out=noise_buffer)
         nxt = torch.argmax(logits + g, dim=-1)
         codes.index_copy_(1, position, nxt[:, None])  # indexed by the step tensor: one graph for all steps
-        tokens = torch.cat([nxt, nxt]) if guided else nxt
+        tokens.view(-1, rows).copy_(nxt)  # the unconditional rows mirror the conditional ones
         position += 1
         _cut_graph(device)
     return (codes, all_logits) if return_logits else codes
