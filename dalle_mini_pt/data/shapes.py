@@ -75,13 +75,20 @@ def _polygon(shape: str, x0: float, y0: float, side: float) -> list[tuple[float,
             (x0, y0 + 2 * t), (x0, y0 + t), (x0 + t, y0 + t)]
 
 
+RESOLUTION = 64
+GRID = 8  # the shapes VQGAN's code size in pixels (conf/model/vqgan_shapes.yaml: 64 px -> 8×8 codes)
+
+
 def render(scene: Scene, resolution: int, rng: random.Random) -> Image.Image:
-    """The scene, with the shape placed at a random offset inside its quadrant."""
+    """The scene, with the shape placed at a random offset inside its quadrant. Offsets are multiples of
+    `GRID`, so every code of the VQGAN sees one of a fixed set of shape pieces: without the snap a code
+    could hold any sub-pixel phase of an edge, which the CPU-sized models could not fit in the time budget."""
     image = Image.new("RGB", (resolution, resolution), "white")
     half, side = resolution / 2, SIZES[scene.size] * resolution
-    slack = max(0.0, half - side - 2)
-    x0 = (half if "right" in scene.position else 0) + 1 + rng.uniform(0, slack)
-    y0 = (half if "bottom" in scene.position else 0) + 1 + rng.uniform(0, slack)
+    grid = GRID * resolution / RESOLUTION
+    steps = int(max(0.0, half - side - 2) // grid)
+    x0 = (half if "right" in scene.position else 0) + 1 + grid * rng.randint(0, steps)
+    y0 = (half if "bottom" in scene.position else 0) + 1 + grid * rng.randint(0, steps)
     draw, fill = ImageDraw.Draw(image), COLOURS[scene.colour]
     box = [x0, y0, x0 + side - 1, y0 + side - 1]
     if scene.shape == "circle":
@@ -92,8 +99,6 @@ def render(scene: Scene, resolution: int, rng: random.Random) -> Image.Image:
         draw.polygon(_polygon(scene.shape, x0, y0, side - 1), fill=fill)
     return image
 
-
-RESOLUTION = 64
 
 
 def make_split(split: str, n: int, resolution: int = RESOLUTION, seed: int = 0) -> tuple[list[str], list[Image.Image]]:
