@@ -45,6 +45,22 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x.float(), x.shape[-1:], self.weight, self.bias, self.eps).to(x.dtype)
 
 
+class Linear(nn.Linear):
+    """nn.Linear whose float32 inference on 4 or more CPU rows runs on oneDNN: MKL's sgemm, which F.linear
+    calls, needs ~1.6x oneDNN's time for 4 to 16 rows (a batch-4 sampling step: 138 vs 88 ms of matmuls on
+    one core), and is faster only for 1 to 3 rows. Training, autocast and compiled graphs keep F.linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not torch.is_grad_enabled() and x.dtype is torch.float32 and x.device.type == "cpu" and _ONEDNN
+                and x.numel() >= 4 * x.shape[-1] and self.weight.dtype is torch.float32
+                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+_ONEDNN = torch.backends.mkldnn.is_available()
+
+
 def _feeds_linear_norm(config: DalleBartConfig, dim: int) -> LayerNorm:
     return LayerNorm(dim, config.ln_eps, scale=config.force_ln_scale)
 
@@ -57,10 +73,10 @@ class Attention(nn.Module):
         d, bias = config.d_model, config.use_bias
         self.heads = heads
         self.dropout = config.attention_dropout
-        self.q_proj = nn.Linear(d, d, bias=bias)
-        self.k_proj = nn.Linear(d, d, bias=bias)
-        self.v_proj = nn.Linear(d, d, bias=bias)
-        self.out_proj = nn.Linear(d, d, bias=bias)
+        self.q_proj = Linear(d, d, bias=bias)
+        self.k_proj = Linear(d, d, bias=bias)
+        self.v_proj = Linear(d, d, bias=bias)
+        self.out_proj = Linear(d, d, bias=bias)
         self.head_scale = nn.Parameter(torch.ones(1, heads, 1, 1)) if config.use_head_scale else None
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, H, T, D/H)
@@ -92,10 +108,10 @@ class FeedForward(nn.Module):
         pre = config.ln_positions in ("normformer", "preln")
         self.ln_in = _feeds_linear_norm(config, d) if pre else None
         if self.glu:
-            self.fc0 = nn.Linear(d, ffn_dim, bias=bias)
-        self.fc1 = nn.Linear(d, ffn_dim, bias=bias)
+            self.fc0 = Linear(d, ffn_dim, bias=bias)
+        self.fc1 = Linear(d, ffn_dim, bias=bias)
         self.ln_mid = _feeds_linear_norm(config, ffn_dim) if config.ln_positions == "normformer" else None
-        self.fc2 = nn.Linear(ffn_dim, d, bias=bias)
+        self.fc2 = Linear(ffn_dim, d, bias=bias)
         self.activation_dropout = nn.Dropout(config.activation_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

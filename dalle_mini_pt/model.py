@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DalleBartConfig
-from .layers import DecoderLayer, EncoderLayer, LayerNorm, run_layers
+from .layers import DecoderLayer, EncoderLayer, LayerNorm, Linear, run_layers
 
 
 def _padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ class ImageTokenDecoder(nn.Module):
         n = config.decoder_layers
         self.layers = nn.ModuleList(DecoderLayer(config, last=i == n - 1) for i in range(n))
         self.final_ln = _final_ln(config, config.use_final_ln_decoder)
-        self.lm_head = nn.Linear(config.d_model, config.image_rows, bias=False)
+        self.lm_head = Linear(config.d_model, config.image_rows, bias=False)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.final_ln(h) if self.final_ln is not None else h)
