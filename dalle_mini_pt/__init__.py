@@ -1,15 +1,26 @@
-"""dalle_mini_pt: DALL·E mini in PyTorch Lightning."""
+"""dalle_mini_pt: DALL·E mini in PyTorch Lightning.
+
+The public names load on first use (PEP 562), so `import dalle_mini_pt.model` costs torch alone: sampling
+needs neither transformers, Hydra nor the hub client.
+"""
+
+import importlib
 
 from .torchvision_fix import patch_torchvision
 
 patch_torchvision()  # before anything imports transformers, Lightning or open_clip
 
-from .config import DalleBartConfig  # noqa: E402
-from .model import DalleBart  # noqa: E402
-from .sampling import generate  # noqa: E402
-from .hub import load_pretrained, load_tokenizer, push_to_hub, save_pretrained  # noqa: E402
-from .pipeline import DalleMiniPipeline  # noqa: E402
-
-__all__ = ["DalleBart", "DalleBartConfig", "DalleMiniPipeline", "generate", "load_pretrained", "load_tokenizer",
-           "patch_torchvision", "push_to_hub", "save_pretrained"]
+_SOURCES = {"DalleBartConfig": "config", "DalleBart": "model", "generate": "sampling", "load_pretrained": "hub",
+            "load_tokenizer": "hub", "push_to_hub": "hub", "save_pretrained": "hub", "DalleMiniPipeline": "pipeline"}
+__all__ = sorted([*_SOURCES, "patch_torchvision"])
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        return getattr(importlib.import_module(f".{_SOURCES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})
