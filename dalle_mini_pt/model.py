@@ -74,8 +74,8 @@ class DecoderCache:
 
     self_k: torch.Tensor  # (layers, rows, heads, image_length, head_dim), written at the step index
     self_v: torch.Tensor
-    cross_k: torch.Tensor  # (layers, groups, heads, text_length, head_dim)
-    cross_v: torch.Tensor
+    cross_k: tuple[torch.Tensor, ...]  # per layer (groups, heads, text_length, head_dim), projection views
+    cross_v: tuple[torch.Tensor, ...]
     cross_mask: torch.Tensor  # (groups, 1, 1, text_length)
     key_positions: torch.Tensor  # (image_length,) arange, compared with the step index for the causal mask
 
@@ -112,8 +112,8 @@ class ImageTokenDecoder(nn.Module):
         return DecoderCache(
             self_k=encoder_states.new_zeros(shape),
             self_v=encoder_states.new_zeros(shape),
-            cross_k=torch.stack([k for k, _ in cross]),
-            cross_v=torch.stack([v for _, v in cross]),
+            cross_k=tuple(k for k, _ in cross),
+            cross_v=tuple(v for _, v in cross),
             cross_mask=_padding_mask(attention_mask),
             key_positions=torch.arange(cfg.image_length, device=encoder_states.device),
         )

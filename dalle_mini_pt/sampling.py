@@ -76,12 +76,18 @@ def _check_options(model: DalleBart, rows: int, top_k, top_p, temperature, condi
 
 def _init_cache(model: DalleBart, input_ids, attention_mask, uncond, num_images: int):
     """One encoder pass over the prompts and the unconditional prompt. Rows are grouped by the prompt they
-    attend to: the images of each prompt, then (guided) one unconditional group mirroring each of those."""
+    attend to: the images of each prompt, then (guided) one unconditional group mirroring each of those.
+
+    Off XLA the text is cut after its last real token: padding is masked out of every attention, so it
+    changes nothing but the work (a 12-token prompt encodes 5x faster than its 64 padded positions)."""
     ids, mask = input_ids, attention_mask
     prompts = input_ids.shape[0]
     if uncond is not None:
         ids = torch.cat([ids, uncond[0][:1].to(ids.device)])
         mask = torch.cat([mask, uncond[1][:1].to(ids.device)])
+    if ids.device.type != "xla" and mask.any():
+        length = int(mask.any(0).nonzero().max()) + 1
+        ids, mask = ids[:, :length], mask[:, :length]
     states = model.encoder(ids, mask)
     if uncond is not None and prompts > 1:
         index = torch.arange(2 * prompts, device=ids.device).clamp_(max=prompts)
