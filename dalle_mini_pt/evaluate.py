@@ -25,7 +25,13 @@ from .model import DalleBart
 from .pipeline import DalleMiniPipeline
 from .vqgan import VQGAN
 
-ATTRIBUTES = ("colour", "shape", "size", "position", "all")
+ATTRIBUTES = ("colour", "shape", "size", "position", "colour_and_shape", "all")
+
+
+def _verdict(image, caption: str) -> dict[str, bool]:
+    """The judge's verdict plus colour-and-shape, the attribute pair the targets are stated for."""
+    verdict = judge_image(image, caption)
+    return {**verdict, "colour_and_shape": verdict["colour"] and verdict["shape"]}
 
 
 def psnr(vqgan: VQGAN, n: int = 64, seed: int = 123) -> float:
@@ -49,8 +55,8 @@ def evaluate_split(pipe: DalleMiniPipeline, clip: ClipScorer, split: str, n_prom
     for r in results:  # the pipeline has no scorer, so images come in sampling order
         pixels = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in r.images]) / 255
         order, _ = clip.rank(pixels, r.prompt)
-        first.append(judge_image(r.images[0], r.prompt))
-        best.append(judge_image(r.images[int(order[0])], r.prompt))
+        first.append(_verdict(r.images[0], r.prompt))
+        best.append(_verdict(r.images[int(order[0])], r.prompt))
         rows.append([r.images[int(i)] for i in order])
     grid = caption_grid(rows[:8], [r.prompt for r in results[:8]], scale=2)
     return {"first_sample": _rates(first), "clip_best_of_n": _rates(best)}, grid

@@ -31,7 +31,7 @@ def test_evaluate_writes_the_report_and_grids(tmp_path):
     for split in ("validation", "heldout"):
         for selection in ("first_sample", "clip_best_of_n"):
             rates = report["splits"][split][selection]
-            assert set(rates) == {"colour", "shape", "size", "position", "all"}
+            assert set(rates) == {"colour", "shape", "size", "position", "colour_and_shape", "all"}
             assert all(0.0 <= v <= 1.0 for v in rates.values())
         assert (tmp_path / "eval" / f"{split}_grid.png").exists()
     assert "| heldout | clip_best_of_n |" in (tmp_path / "eval" / "report.md").read_text()

@@ -51,7 +51,7 @@ def test_train_notebook_runs_every_stage_and_writes_the_report(smoke_run):
     for split in ("validation", "heldout"):
         for selection in ("first_sample", "clip_best_of_n"):
             rates = report["splits"][split][selection]
-            assert set(rates) == {"colour", "shape", "size", "position", "all"}
+            assert set(rates) == {"colour", "shape", "size", "position", "colour_and_shape", "all"}
             assert all(0.0 <= r <= 1.0 for r in rates.values())
         grid = Image.open(out / "evaluate" / f"{split}_grid.png")
         assert grid.width >= 2 * 64 * 2  # two 64 px images per row at scale 2
