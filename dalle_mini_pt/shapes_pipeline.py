@@ -60,6 +60,21 @@ class Stage:
                                                         "seconds": round(self.seconds, 1)}) + "\n")
 
 
+def train_spec(overrides) -> dict:
+    """A model stage's overrides and the training config they compose to, so editing an experiment file
+    also changes the stage's fingerprint (code changes do not: delete the stage's directory to redo it)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = list(overrides)
+    if GlobalHydra.instance().is_initialized():  # inside this module's @hydra.main
+        cfg = compose("train", overrides=overrides)
+    else:  # called from Python, e.g. notebooks/train.ipynb
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+    return {"overrides": overrides, "config": OmegaConf.to_yaml(cfg)}
+
+
 def _python(*args) -> None:
     """A stage process; its progress bars go straight to this terminal."""
     cmd = [sys.executable, *map(str, args)]
@@ -86,11 +101,11 @@ def make_data(stage: Stage, cfg: DictConfig, vqgan_dir: Path) -> None:
 
 def run_pipeline(cfg: DictConfig) -> list[Stage]:
     out = Path(cfg.out_dir).resolve()
-    vqgan = Stage(out, "vqgan", OmegaConf.to_container(cfg.stages.vqgan))
+    vqgan = Stage(out, "vqgan", train_spec(cfg.stages.vqgan))
     data = Stage(out, "data", {"n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed,
                                "vocab": cfg.tokenizer_vocab_size, "encode": list(cfg.stages.encode)}, (vqgan,))
-    dallebart = Stage(out, "dallebart", OmegaConf.to_container(cfg.stages.dallebart), (data,))
-    clip = Stage(out, "clip", OmegaConf.to_container(cfg.stages.clip))
+    dallebart = Stage(out, "dallebart", train_spec(cfg.stages.dallebart), (data,))
+    clip = Stage(out, "clip", train_spec(cfg.stages.clip))
     evaluate = Stage(out, "evaluate", OmegaConf.to_container(cfg.evaluate), (vqgan, dallebart, clip))
 
     vqgan(lambda: _train(vqgan, [*cfg.stages.vqgan, f"model.save_dir={vqgan.dir / 'model'}"]))

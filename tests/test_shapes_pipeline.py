@@ -91,3 +91,13 @@ def test_a_failing_stage_stops_the_run_and_keeps_finished_stages(smoke_run, tmp_
     assert "stage command failed" in failed.stderr and "finished stages stay cached" in failed.stderr
     assert "[dallebart] cached" in failed.stdout
     assert not (out / "clip" / "done.json").exists()  # the clip stage is redone by the next good run
+
+
+def test_a_stage_fingerprint_follows_its_experiment_file():
+    """Editing conf/experiment/shapes_*.yaml must redo the stage, not only changing its command line."""
+    from omegaconf import OmegaConf
+
+    from dalle_mini_pt.shapes_pipeline import train_spec
+
+    steps = OmegaConf.load(ROOT / "conf" / "experiment" / "shapes_vqgan.yaml").trainer.max_steps
+    assert f"max_steps: {steps}" in train_spec(["+experiment=shapes_vqgan"])["config"]
