@@ -92,15 +92,15 @@ class ImageTokenDecoder(nn.Module):
         self.final_ln = _final_ln(config, config.use_final_ln_decoder)
         self.lm_head = Linear(config.d_model, config.image_rows, bias=False)
 
-    def _head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.final_ln(h) if self.final_ln is not None else h)
+    def _final_norm(self, h: torch.Tensor) -> torch.Tensor:
+        return self.final_ln(h) if self.final_ln is not None else h
 
     def forward(self, decoder_input_ids, encoder_states, attention_mask) -> torch.Tensor:
         positions = torch.arange(decoder_input_ids.shape[1], device=decoder_input_ids.device)
         h = self.embed(decoder_input_ids, positions)
         h = run_layers(self.layers, h, encoder_states, _padding_mask(attention_mask),
                        checkpointing=self.config.gradient_checkpointing and self.training)
-        return self._head(h)
+        return self.lm_head(self._final_norm(h))
 
     def init_cache(self, encoder_states: torch.Tensor, attention_mask: torch.Tensor,
                    rows_per_state: int = 1) -> DecoderCache:
@@ -120,7 +120,9 @@ class ImageTokenDecoder(nn.Module):
 
     def step(self, tokens: torch.Tensor, position: torch.Tensor, cache: DecoderCache,
              length: Optional[int] = None) -> torch.Tensor:
-        """Logits (rows, image_rows) for `tokens` (rows,) at `position` (a 1-element long tensor).
+        """The normalised last hidden states (rows, d_model) for `tokens` (rows,) at `position` (a 1-element
+        long tensor): `lm_head` of them are the logits, an affine map the sampler applies after mixing the
+        super-conditioned rows (on half the rows).
 
         `length` (= position + 1, known on the host) attends over the written part of the cache only; without
         it every step attends over the whole cache under a causal mask, so all steps have one shape (XLA)."""
@@ -133,7 +135,7 @@ class ImageTokenDecoder(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer.step(h, self_k[i], self_v[i], self_mask, cache.cross_k[i], cache.cross_v[i],
                            cache.cross_mask, position)
-        return self._head(h)[:, 0]
+        return self._final_norm(h)[:, 0]
 
 
 class DalleBart(nn.Module):

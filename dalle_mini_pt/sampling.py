@@ -11,7 +11,10 @@ Speed and fixed shapes (XLA, CUDA graphs): conditional and unconditional rows sh
 cross-attention K/V are computed once per prompt, the self-attention K/V cache is preallocated and written
 at the step index, and the step index is a tensor. On torch-xla each step is cut into its own graph (one
 compile serves all 256 steps, instead of one program unrolled over them), and the Gumbel noise is drawn on
-the CPU, since XLA has no `torch.Generator`; a seed then gives the same codes on both devices.
+the CPU, since XLA has no `torch.Generator`; a seed then gives the same codes on both devices. Off XLA the
+shapes may follow the data: the text is cut after its last real token and each step attends over the
+positions written so far. The super-conditioning mix is taken on the last hidden states, before the affine
+`lm_head` (the same logits), so the head runs on half the rows.
 """
 
 from __future__ import annotations
@@ -154,10 +157,11 @@ def _sample(model: DalleBart, cache, rows: int, guided: bool, top_k, top_p, temp
     steps = tqdm(range(cfg.image_length), disable=None if progress is None else not progress,
                  desc="sampling codes", leave=False)
     for t in steps:
-        logits = model.decoder.step(tokens, position, cache, length=None if static else t + 1).float()
-        if guided:
-            cond, uncond_logits = logits[:rows], logits[rows:]
-            logits = uncond_logits + scale * (cond - uncond_logits)
+        h = model.decoder.step(tokens, position, cache, length=None if static else t + 1)
+        if guided:  # uncond + scale * (cond - uncond) of the logits, taken before the affine lm_head
+            cond, uncond_h = h[:rows].float(), h[rows:].float()
+            h = (uncond_h + scale * (cond - uncond_h)).to(h.dtype)
+        logits = model.decoder.lm_head(h).float()
         if return_logits:
             all_logits.index_copy_(1, position, logits[:, None])
         logits = apply_warpers(logits.masked_fill(not_a_code, float("-inf")), temperature, top_k, top_p)
