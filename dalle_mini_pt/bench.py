@@ -7,6 +7,9 @@ Sections (`--sections`, default all):
   generate  our sampler (`sampling.generate`), super-conditioned, random weights: s/image, codes/s, peak RSS
   mindalle  the same workload through min-dalle 0.4.11's own loop (benchmarks/min_dalle_runner.py in
             .venv-mindalle, built by scripts/min_dalle_env.sh)
+  agreement bfloat16 against float32 on the same weights (rounded), greedy (top_k=1) and super-conditioned:
+            the share of steps whose bf16 code is fp32's when both have fp32's codes so far (forced through
+            the sampler's `noise`), and how long a free-running bf16 sample stays identical
   floors    matrix-vector bandwidth and GEMM FLOP/s measured here; each generation row's time over
             max(weight bytes read per step x steps / bandwidth, FLOPs / GEMM rate)
   train     one Adafactor step (forward + backward + update) of a DalleBart with 99 M non-embedding
@@ -49,7 +52,7 @@ FLOOR_SHAPES = {"mini": dict(matvec=(16384, 16384), gemm=2048), "tiny": dict(mat
 SAMPLING = dict(top_k=256, temperature=1.0, condition_scale=16.0)  # min-dalle's defaults
 PROMPT = [0, *range(100, 110), 2]  # <s> ten tokens </s>
 UNCOND = [0, 2]  # the tokenised empty prompt
-SECTIONS = ("generate", "mindalle", "floors", "train", "train-jax")
+SECTIONS = ("generate", "mindalle", "agreement", "floors", "train", "train-jax")
 
 
 def model_config(**overrides):
@@ -218,6 +221,33 @@ def generation_worker(spec: dict) -> dict:
             "params": model.num_parameters()}
 
 
+def agreement_worker(spec: dict) -> dict:
+    """bf16 greedy codes against fp32's on the same weights, one super-conditioned image."""
+    from .model import DalleBart
+    from .sampling import generate
+
+    torch.set_num_threads(spec["threads"])
+    config = generation_config(spec["size"], spec["steps"])
+    torch.manual_seed(0)
+    model = DalleBart(config).eval()
+    ids, mask = padded(PROMPT, config.max_text_length)
+    uncond_ids, uncond_mask = padded(UNCOND, config.max_text_length)
+    common = dict(uncond_input_ids=uncond_ids, uncond_attention_mask=uncond_mask, seed=0,
+                  condition_scale=SAMPLING["condition_scale"])
+    reference = generate(model, ids, mask, top_k=1, **common)[0]
+    model.to(torch.bfloat16)
+    free = generate(model, ids, mask, top_k=1, **common)[0]
+    # infinite noise on fp32's code makes the sampler draw it, whatever the bf16 logits say
+    noise = torch.zeros(config.image_length, 1, config.image_rows)
+    noise[torch.arange(config.image_length), 0, reference] = float("inf")
+    _, logits = generate(model, ids, mask, noise=noise, return_logits=True, **common)
+    forced = logits[0, :, :config.codebook_size].argmax(-1)
+    differs = (free != reference).nonzero()
+    return {"steps": config.image_length, "forced_agreement": (forced == reference).float().mean().item(),
+            "free_running_agreement": (free == reference).float().mean().item(),
+            "free_running_identical_codes": int(differs[0]) if len(differs) else config.image_length}
+
+
 def min_dalle_spec(config, spec: dict) -> dict:
     """Our config as min-dalle's constructor arguments, plus the workload."""
     common = dict(layer_count=config.decoder_layers, embed_count=config.d_model,
@@ -289,6 +319,8 @@ def _status(result: dict) -> str:
     for key in ("seconds", "seconds_per_step"):
         if key in result:
             return f"{result[key]:.3g} s"
+    if "forced_agreement" in result:
+        return f"{result['forced_agreement']:.1%} of steps agree"
     return result.get("error") or result.get("skipped", "?")
 
 
@@ -398,12 +430,23 @@ def training_table(t: dict) -> list[str]:
     return lines + ["", f"time ours/JAX: {_cell(t, 'time_ours_over_jax', '.2f')}"]
 
 
+def agreement_lines(a: dict) -> list[str]:
+    if "forced_agreement" not in a:
+        return [f"bf16 vs fp32: n/a {_status(a)}"]
+    return [f"bf16 vs fp32, greedy (top_k=1), super-conditioned, {a['steps']} codes: bf16 picks fp32's code on "
+            f"{a['forced_agreement']:.1%} of steps given fp32's codes so far; a free-running bf16 sample keeps "
+            f"fp32's first {a['free_running_identical_codes']} codes ({a['free_running_agreement']:.1%} equal "
+            "overall)"]
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"DalleBart {m['size']}, {m['steps']} codes per image, {m['threads']} threads, torch {m['torch']}, "
              f"{m['cpu_count']} CPUs", ""]
     if result.get("generation"):
         lines += generation_table(result["generation"]) + [""]
+    if result.get("bf16_vs_fp32"):
+        lines += agreement_lines(result["bf16_vs_fp32"]) + [""]
     if result.get("floors"):
         lines += ["| floor | value |", "|---|---|"] + [f"| {k} | {v:.3g} |" for k, v in result["floors"].items()]
         lines.append("")
@@ -426,7 +469,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-batch", type=int, default=None, help="default: 4 (mini), 2 (tiny)")
     p.add_argument("--train-steps", type=int, default=3, help="timed optimizer steps, after one warm-up")
     p.add_argument("--json", type=Path, default=None, help="write every number here")
-    p.add_argument("--worker", choices=["generate", "train"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not 1 <= args.steps <= 256:
@@ -438,8 +481,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.worker:  # a child process: one row, printed as a JSON line
-        work = generation_worker if args.worker == "generate" else training_worker
-        print(json.dumps(work(json.loads(args.spec))))
+        print(json.dumps(WORKERS[args.worker](json.loads(args.spec))))
         return {}
     torch.set_num_threads(args.threads)
     result = {"machine": {"size": args.size, "steps": args.steps, "threads": args.threads,
@@ -447,6 +489,10 @@ def main(argv=None) -> dict:
     floors = result["floors"] = measure_floors(args.size) if "floors" in args.sections else None
     if {"generate", "mindalle"} & set(args.sections):
         result["generation"] = generation_rows(args, floors)
+    if "agreement" in args.sections:
+        spec = dict(size=args.size, steps=args.steps, threads=args.threads)
+        result["bf16_vs_fp32"] = run_child(_worker("agreement", spec), args.threads)
+        print(f"bf16 vs fp32: {_status(result['bf16_vs_fp32'])}", file=sys.stderr)
     if {"train", "train-jax"} & set(args.sections):
         result["training"] = training_rows(args, floors)
     print(markdown(result))
@@ -454,6 +500,8 @@ def main(argv=None) -> dict:
         args.json.write_text(json.dumps(result, indent=2))
     return result
 
+
+WORKERS = {"generate": generation_worker, "agreement": agreement_worker, "train": training_worker}
 
 if __name__ == "__main__":
     main()

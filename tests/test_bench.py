@@ -39,6 +39,11 @@ def test_bench_tiny(tmp_path, monkeypatch):
     else:
         assert "skipped" in rows[0]["mindalle"]
 
+    agreement = result["bf16_vs_fp32"]
+    assert "error" not in agreement, agreement
+    assert agreement["steps"] == 4 and 0 <= agreement["free_running_identical_codes"] <= 4
+    assert 0 <= agreement["forced_agreement"] <= 1 and 0 <= agreement["free_running_agreement"] <= 1
+
     train = result["training"]
     _positive(train["ours"], "seconds_per_step", "tokens_per_s", "mfu")
     if bench._venv_python(".venv-ref").exists():
