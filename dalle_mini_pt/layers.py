@@ -51,11 +51,12 @@ class Linear(nn.Linear):
     one core), and is faster only for 1 to 3 rows. Training, autocast and compiled graphs keep F.linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not torch.is_grad_enabled() and x.dtype is torch.float32 and x.device.type == "cpu" and _ONEDNN
-                and x.numel() >= 4 * x.shape[-1] and self.weight.dtype is torch.float32
+        weight = self.weight
+        if (x.numel() >= 4 * x.shape[-1] and x.dtype is torch.float32 and weight.dtype is torch.float32
+                and x.device.type == "cpu" and not torch.is_grad_enabled() and _ONEDNN
                 and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
+        return F.linear(x, weight, self.bias)
 
 
 _ONEDNN = torch.backends.mkldnn.is_available()
@@ -129,7 +130,7 @@ class FeedForward(nn.Module):
             h = self.act(self.fc1(x))
         if self.ln_mid is not None:
             h = self.ln_mid(h)
-        return self.fc2(self.activation_dropout(h))
+        return self.fc2(self.activation_dropout(h) if self.training else h)
 
 
 class SublayerNorms(nn.Module):
@@ -153,7 +154,7 @@ class SublayerNorms(nn.Module):
         h = sublayer(self.pre(x) if self.pre is not None else x)
         if self.post is not None and not self.postln:
             h = self.post(h)
-        x = x + self.dropout(h)
+        x = x + (self.dropout(h) if self.training else h)
         return self.post(x) if self.postln else x
 
 
