@@ -84,12 +84,20 @@ def test_rerun_skips_finished_stages_and_redoes_changed_ones(smoke_run):
     assert json.loads((out / "evaluate" / "report.json").read_text())["num_images"] == 3
 
 
-def test_a_failing_stage_stops_the_run_and_keeps_finished_stages(smoke_run, tmp_path):
+def test_bad_overrides_fail_before_any_stage_runs(smoke_run):
     out, _ = smoke_run
+    before = (out / "clip" / "done.json").read_text()
     failed = pipeline(out, 'stages.clip=["+experiment=shapes_clip","model.not_a_key=1"]')
+    assert failed.returncode != 0 and "not_a_key" in failed.stderr
+    assert "running" not in failed.stdout and (out / "clip" / "done.json").read_text() == before
+
+
+def test_a_failing_stage_stops_the_run_and_keeps_finished_stages(smoke_run):
+    out, _ = smoke_run
+    failed = pipeline(out, 'stages.clip=["+experiment=shapes_clip","optimizer.lr=-1"]')  # AdamW refuses it
     assert failed.returncode != 0
     assert "stage command failed" in failed.stderr and "finished stages stay cached" in failed.stderr
-    assert "[dallebart] cached" in failed.stdout
+    assert "[dallebart] cached" in failed.stdout and "[clip] running" in failed.stdout
     assert not (out / "clip" / "done.json").exists()  # the clip stage is redone by the next good run
 
 

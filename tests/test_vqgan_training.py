@@ -22,8 +22,8 @@ def test_vqgan_stage_learns_and_saves_a_loadable_vqgan(tmp_path):
     assert "val/psnr" in metrics and metrics["val/psnr"] > 5 and 0 < metrics["val/codebook_usage"] <= 1
 
     vqgan = VQGAN.from_pretrained(tmp_path / "vqgan")
-    assert vqgan.config.grid_size == 16 and vqgan.config.n_embed == 32
+    assert vqgan.config.grid_size == 8 and vqgan.config.n_embed == 32  # conf/model/vqgan_shapes.yaml: f=8
     _, images = make_split("validation", 2, 64, seed=5)
     x = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2)
     codes = vqgan.encode(x)
-    assert codes.shape == (2, 256) and vqgan.decode(codes).shape == (2, 3, 64, 64)
+    assert codes.shape == (2, 64) and vqgan.decode(codes).shape == (2, 3, 64, 64)
