@@ -151,11 +151,14 @@ def _best_time(fn, repeats: int) -> float:
 
 
 def measure_floors(size: str) -> dict:
+    from .huge_pages import on_huge_pages  # where `generate` puts weights
+
     (rows, cols), n = FLOOR_SHAPES[size]["matvec"], FLOOR_SHAPES[size]["gemm"]
     w, x = torch.empty(rows, cols).uniform_(-1, 1), torch.empty(cols).uniform_(-1, 1)
+    w = on_huge_pages(w)
     out = {"matvec_float32_GBps": w.nbytes / _best_time(lambda: torch.mv(w, x), 5) / 1e9}
     for name, dtype in DTYPES.items():  # nn.Linear on 2 rows: a batch-1 super-conditioned step
-        wd, xd = w.to(dtype), x.to(dtype).expand(2, cols).contiguous()
+        wd, xd = w if dtype is w.dtype else on_huge_pages(w.to(dtype)), x.to(dtype).expand(2, cols).contiguous()
         out[f"linear2_{name}_GBps"] = wd.nbytes / _best_time(lambda: torch.nn.functional.linear(xd, wd), 5) / 1e9
         a, b = torch.empty(n, n, dtype=dtype).uniform_(-1, 1), torch.empty(n, n, dtype=dtype).uniform_(-1, 1)
         out[f"gemm_{name}_GFLOPs"] = 2 * n ** 3 / _best_time(lambda: a @ b, 3) / 1e9

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from .huge_pages import move_to_huge_pages
 from .model import DalleBart
 
 
@@ -132,6 +133,8 @@ def generate(
     if generator is None and noise is None:
         generator = torch.Generator(device="cpu" if device.type == "xla" else device)
         generator.manual_seed(seed if seed is not None else torch.seed())
+    if device.type == "cpu":  # every step streams all weights: 2 MiB pages spare the TLB (huge_pages.py)
+        move_to_huge_pages(model)
     # torch-xla cannot take views of inference tensors
     with torch.no_grad() if device.type == "xla" else torch.inference_mode():
         cache = _init_cache(model, input_ids, attention_mask, uncond if guided else None, num_images)
