@@ -11,7 +11,9 @@ Sections (`--sections`, default all):
             the share of steps whose bf16 code is fp32's when both have fp32's codes so far (forced through
             the sampler's `noise`), and how long a free-running bf16 sample stays identical
   floors    matrix-vector bandwidth and GEMM FLOP/s measured here; each generation row's time over
-            max(weight bytes read per step x steps / bandwidth, FLOPs / GEMM rate)
+            max(weight bytes read per step x steps / bandwidth, FLOPs / GEMM rate); and over the step's
+            matmuls alone (the decoder's Linear modules on random weights, timed per step x steps), which
+            splits ours/floor into the kernels' distance from the floor and everything else in a step
   train     one Adafactor step (forward + backward + update) of a DalleBart with 99 M non-embedding
             parameters: decoder tokens/s and MFU (model FLOPs / measured fp32 GEMM rate)
   train-jax the same step in the reference (dalle-mini 0.1.5, optax adafactor, jit) through
@@ -166,8 +168,33 @@ def measure_floors(size: str) -> dict:
     return out
 
 
+def step_matmul_seconds(config, dtype: str, batch: int) -> float:
+    """One super-conditioned decoding step's matmuls alone, through the decoder's own Linear modules on
+    weights placed as `generate` places them: what a step built on these kernels cannot beat."""
+    from .huge_pages import move_to_huge_pages
+    from .model import ImageTokenDecoder
+
+    with torch.device("meta"), default_dtype(DTYPES[dtype]):
+        decoder = ImageTokenDecoder(config)
+    decoder.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.uniform_(-0.02, 0.02)  # not the garbage of empty memory: denormals would slow float32 down
+    move_to_huge_pages(decoder)
+    rows = 2 * batch  # conditional and unconditional; the lm_head runs after their mix, on `batch`
+    linears = [m for layer in decoder.layers for m in (
+        layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
+        layer.cross_attn.q_proj, layer.cross_attn.out_proj, *(getattr(layer.ffn, n) for n in ("fc0", "fc1")
+                                                              if hasattr(layer.ffn, n)), layer.ffn.fc2)]
+    calls = [(m, torch.randn(rows, m.in_features, dtype=DTYPES[dtype])) for m in linears]
+    calls.append((decoder.lm_head, torch.randn(batch, config.d_model, dtype=DTYPES[dtype])))
+    with torch.inference_mode():
+        return _best_time(lambda: [m(x) for m, x in calls], 5)
+
+
 def add_floors(row: dict, floors: dict, config) -> None:
     steps, dtype = row["steps"], row["dtype"]
+    row["matmuls_s"] = step_matmul_seconds(config, dtype, row["batch"]) * steps
     row["bytes_per_step"] = decode_step_bytes(config, dtype)
     row["flops"] = generation_flops(config, row["batch"], steps)
     row["floor_bandwidth_s"] = row["bytes_per_step"] * steps / (floors["bandwidth_GBps"] * 1e9)
@@ -176,6 +203,7 @@ def add_floors(row: dict, floors: dict, config) -> None:
         if "seconds" in row.get(impl, {}):
             row[f"{impl}_over_floor"] = row[impl]["seconds"] / max(row["floor_bandwidth_s"],
                                                                     row["floor_compute_s"])
+            row[f"{impl}_over_matmuls"] = row[impl]["seconds"] / row["matmuls_s"]
 
 
 # ---------------------------------------------------------------- child-process workloads
@@ -406,7 +434,8 @@ GENERATION_COLUMNS = [  # header, part of the row (None: the row itself), key, f
     ("min-dalle peak RSS MB", "mindalle", "peak_rss_mb", ".0f"),
     ("time ours/min-dalle", None, "time_ours_over_mindalle", ".2f"),
     ("floor bw s", None, "floor_bandwidth_s", ".3g"), ("floor compute s", None, "floor_compute_s", ".3g"),
-    ("ours/floor", None, "ours_over_floor", ".1f"), ("min-dalle/floor", None, "mindalle_over_floor", ".1f"),
+    ("ours/floor", None, "ours_over_floor", ".2f"), ("min-dalle/floor", None, "mindalle_over_floor", ".1f"),
+    ("matmuls alone s", None, "matmuls_s", ".3g"), ("ours/matmuls", None, "ours_over_matmuls", ".2f"),
 ]
 
 

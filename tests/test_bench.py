@@ -29,7 +29,8 @@ def test_bench_tiny(tmp_path, monkeypatch):
     assert [(r["batch"], r["dtype"]) for r in rows] == [(1, "float32"), (1, "bfloat16")]
     for row in rows:
         _positive(row["ours"], "seconds", "seconds_per_image", "codes_per_s", "peak_rss_mb")
-        _positive(row, "bytes_per_step", "flops", "floor_bandwidth_s", "floor_compute_s", "ours_over_floor")
+        _positive(row, "bytes_per_step", "flops", "floor_bandwidth_s", "floor_compute_s", "ours_over_floor",
+                  "matmuls_s", "ours_over_matmuls")
     if bench._venv_python(".venv-mindalle").exists():
         fp32 = rows[0]
         _positive(fp32["mindalle"], "seconds", "peak_rss_mb")
