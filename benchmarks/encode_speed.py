@@ -92,7 +92,7 @@ def main(argv=None) -> None:
     n = len(source)
     print(f"\nVQGAN {args.vqgan} ({vqgan.config.resolution}px), {n} JPEGs, device {args.device}, "
           f"{torch.get_num_threads()} torch threads")
-    print(f"| method | seconds | images/s |\n|---|---|---|")
+    print("| method | seconds | images/s |\n|---|---|---|")
     print(f"| one image at a time | {naive:.2f} | {n / naive:.1f} |")
     print(f"| encoder tool (batch {args.batch_size}, {args.num_workers} workers) | {batched:.2f} | "
           f"{n / batched:.1f} |")

@@ -1,4 +1,4 @@
-"""One generation row of `python -m dalle_mini_pt.bench` on min-dalle 0.4.11 (run with .venv-mindalle/bin/python).
+"""One generation row of `python benchmarks/bench.py` on min-dalle 0.4.11 (run with .venv-mindalle/bin/python).
 
     .venv-mindalle/bin/python benchmarks/min_dalle_runner.py '{"encoder": {...}, "decoder": {...}, ...}'
 
@@ -35,7 +35,7 @@ class _CodesOut:
 
 
 def rss_mb(field: str = "VmHWM") -> float:
-    """Peak (VmHWM) or current (VmRSS) resident memory, as dalle_mini_pt.bench reads it for ours."""
+    """Peak (VmHWM) or current (VmRSS) resident memory, as benchmarks/bench.py reads it for ours."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024

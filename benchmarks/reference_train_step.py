@@ -1,4 +1,4 @@
-"""The training row of `python -m dalle_mini_pt.bench` on the reference (run with .venv-ref/bin/python).
+"""The training row of `python benchmarks/bench.py` on the reference (run with .venv-ref/bin/python).
 
     .venv-ref/bin/python benchmarks/reference_train_step.py '{"config": {...}, "batch": 4, "steps": 3, ...}'
 
@@ -21,9 +21,8 @@ jax.experimental.PartitionSpec = jax.sharding.PartitionSpec  # dalle-mini 0.1.5 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from flax.traverse_util import flatten_dict, unflatten_dict  # noqa: E402
-
 from dalle_mini.model import DalleBart, DalleBartConfig  # noqa: E402
+from flax.traverse_util import flatten_dict, unflatten_dict  # noqa: E402
 
 
 def peak_rss_mb() -> float:

@@ -1,7 +1,7 @@
 """dalle_mini_pt: DALL·E mini in PyTorch Lightning.
 
-The public names load on first use (PEP 562), so `import dalle_mini_pt.model` costs torch alone: sampling
-needs neither transformers, Hydra nor the hub client.
+The public names load on first use (PEP 562), so `import dalle_mini_pt.model` costs torch and the hub client
+alone: sampling needs neither transformers, Hydra nor open_clip.
 """
 
 import importlib
@@ -10,8 +10,9 @@ from .torchvision_fix import patch_torchvision
 
 patch_torchvision()  # before anything imports transformers, Lightning or open_clip
 
-_SOURCES = {"DalleBartConfig": "config", "DalleBart": "model", "generate": "sampling", "load_pretrained": "hub",
-            "load_tokenizer": "hub", "push_to_hub": "hub", "save_pretrained": "hub", "DalleMiniPipeline": "pipeline"}
+_SOURCES = {"DalleBartConfig": "config", "DalleBart": "model", "GenerationConfig": "sampling", "generate": "sampling",
+            "load_tokenizer": "tokenizer", "TextTokenizer": "tokenizer", "VQGAN": "vqgan", "ClipScorer": "clip_scorer",
+            "DalleMiniPipeline": "pipeline"}
 __all__ = sorted([*_SOURCES, "patch_torchvision"])
 __version__ = "0.1.0"
 

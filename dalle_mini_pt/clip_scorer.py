@@ -5,22 +5,22 @@ uses `openai/clip-vit-base-patch32` and sorts by `logits_per_image`). This wraps
 the score is exactly that logit: cosine similarity × `logit_scale.exp()` (+ `logit_bias` for SigLIP-style
 models).
 
-Two ways to build one:
-- `ClipScorer.from_pretrained("ViT-B-32", "openai")`: a named open_clip architecture; the weights for the
+Three ways to build one:
+- `ClipScorer.from_open_clip("ViT-B-32", "openai")`: a named open_clip architecture; the weights for the
   tag are downloaded (that is the caller asking). With `pretrained=None` the weights are random and nothing
   is fetched, for architectures built into open_clip (towers taken from HF transformers or timm may still
   fetch their config or tokenizer files).
 - `ClipScorer.from_config({...})`: a small custom architecture with random weights, for tests and demos;
   it uses open_clip's CLIP BPE tokenizer, which ships inside the wheel, so it never touches the network.
+- `ClipScorer.from_pretrained(DIR_OR_REPO)`: one saved by `save_pretrained` (`hub.mixin`), e.g. the
+  embedded default's trained CLIP, or a named model saved once so that it loads offline.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any, Union
 
 import numpy as np
@@ -28,10 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from safetensors.torch import load_file, save_file
-
+from .hub.mixin import HubMixin
+from .hub.model_cards import clip_card
 from .torchvision_fix import patch_torchvision
-from .weights import load_strict
 
 patch_torchvision()  # open_clip imports torchvision at module level
 import open_clip  # noqa: E402
@@ -41,7 +40,28 @@ from open_clip.transform import PreprocessCfg  # noqa: E402
 Images = Union[Tensor, Sequence[Any]]  # float (B, 3, H, W) in [0, 1], or PIL images / (3, H, W) tensors
 
 
-class ClipScorer(nn.Module):
+@dataclass
+class ClipConfig:
+    """What rebuilds a scorer: open_clip's `CLIP(**model_cfg)`, its image preprocessing (`PreprocessCfg`
+    fields: size, mean, std, resize mode, …) and the scoring batch size. Prompts go through open_clip's CLIP
+    BPE tokenizer at `model_cfg["text_cfg"]["context_length"]`."""
+
+    model_cfg: dict
+    preprocess: dict = field(default_factory=dict)
+    batch_size: int = 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "ClipConfig":
+        unknown = sorted(set(values) - {"model_cfg", "preprocess", "batch_size"})
+        if unknown or "model_cfg" not in values:
+            raise ValueError(f"not a ClipScorer config: needs model_cfg, has unknown keys {unknown}")
+        return cls(_plain(values["model_cfg"]), _plain(values.get("preprocess") or {}), values.get("batch_size", 32))
+
+
+class ClipScorer(HubMixin, nn.Module):
     """An open_clip model plus its tokenizer and image preprocessing, used only for scoring.
 
     Images go through one torch preprocessing path whatever their type (PIL images are converted to
@@ -49,15 +69,47 @@ class ClipScorer(nn.Module):
     resize uses antialiased interpolation, which follows PIL's closely but not bit for bit.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, batch_size: int = 32):
+    config_class = ClipConfig
+    hub_example = "me/clip-scorer"
+    build_on_meta = False  # open_clip registers non-persistent buffers (the causal mask) at init
+
+    def __init__(self, model: nn.Module, tokenizer, batch_size: int = 32, model_cfg: Mapping | None = None):
         super().__init__()
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.preprocess_cfg = PreprocessCfg(**get_model_preprocess_cfg(model))
+        self.model_cfg = _plain(model_cfg) if model_cfg is not None else None
+
+    @property
+    def config(self) -> ClipConfig:
+        """Saving needs the architecture as open_clip's `CLIP(**model_cfg)` and its BPE tokenizer."""
+        if self.model_cfg is None or type(self.model) is not CLIP:
+            raise ValueError("this scorer cannot be saved: its model is not an open_clip CLIP with a known "
+                             "model_cfg (build it with from_config or from_open_clip)")
+        if not isinstance(self.tokenizer, open_clip.SimpleTokenizer):
+            raise ValueError(f"this scorer cannot be saved: its tokenizer is a {type(self.tokenizer).__name__}, "
+                             "not open_clip's CLIP BPE tokenizer; reload it by name with from_open_clip")
+        return ClipConfig(self.model_cfg, asdict(self.preprocess_cfg), self.batch_size)
 
     @classmethod
-    def from_pretrained(
+    def from_config_object(cls, config: ClipConfig) -> "ClipScorer":
+        scorer = cls.from_config(config.model_cfg, batch_size=config.batch_size)
+        if config.preprocess:  # JSON made its tuples lists
+            preprocess = {k: tuple(v) if isinstance(v, list) else v for k, v in config.preprocess.items()}
+            set_model_preprocess_cfg(scorer.model, preprocess)
+            scorer.preprocess_cfg = PreprocessCfg(**preprocess)
+        return scorer
+
+    def model_card(self, name: str, dtype: str) -> str:
+        return clip_card(self, name, dtype)
+
+    @staticmethod
+    def open_clip_models() -> list[str]:
+        return open_clip.list_models()
+
+    @classmethod
+    def from_open_clip(
         cls,
         model_name: str = "ViT-B-32",
         pretrained: str | None = "openai",
@@ -79,7 +131,7 @@ class ClipScorer(nn.Module):
             pretrained_image=False,
         )
         tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
-        return cls(model, tokenizer, batch_size)
+        return cls(model, tokenizer, batch_size, open_clip.get_model_config(model_name))
 
     @classmethod
     def from_config(cls, model_cfg: Mapping, seed: int = 0, batch_size: int = 32) -> "ClipScorer":
@@ -101,29 +153,7 @@ class ClipScorer(nn.Module):
             model = CLIP(**cfg)
         preprocess = PreprocessCfg(size=model.visual.image_size)
         set_model_preprocess_cfg(model, asdict(preprocess))
-        scorer = cls(model, tokenizer, batch_size)
-        scorer.model_cfg = cfg
-        return scorer
-
-    def save(self, directory) -> None:
-        """config.json (the custom model config) + model.safetensors, for scorers built by `from_config`
-        (named open_clip models are reloaded by name and tag instead)."""
-        cfg = getattr(self, "model_cfg", None)
-        if cfg is None:
-            raise ValueError("only scorers built with from_config can be saved; reload named models by name")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps({"model_cfg": cfg, "batch_size": self.batch_size}))
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, directory / "model.safetensors")
-
-    @classmethod
-    def load(cls, directory) -> "ClipScorer":
-        """A scorer written by `save`, loaded strictly."""
-        directory = Path(directory)
-        meta = json.loads((directory / "config.json").read_text())
-        scorer = cls.from_config(meta["model_cfg"], batch_size=meta.get("batch_size", 32))
-        load_strict(scorer.model, load_file(directory / "model.safetensors"), str(directory / "model.safetensors"))
-        return scorer.eval()
+        return cls(model, tokenizer, batch_size, cfg)
 
     @property
     def device(self) -> torch.device:

@@ -1,11 +1,14 @@
 """Command line: prompts in, one PNG grid per prompt out, CLIP scores printed.
 
-    python -m dalle_mini_pt.generate "a red square" "two blue circles" --num-images 8 --out grid.png \\
+    python -m dalle_mini_pt.generate "a red square" "two blue circles" --pipeline runs/shapes/pipeline
+    python -m dalle_mini_pt.generate "a red bus" --num-images 8 --out grid.png \\
         --model dalle-mini/dalle-mini --vqgan dalle-mini/vqgan_imagenet_f16_16384 --clip ViT-B-32:openai
 
-`--model` is a hub name or directory in the native format, or a Lightning `.ckpt` (then `--tokenizer` says
-where its tokenizer is). `--vqgan` is a hub name or directory, a `.safetensors` file, or a taming `.ckpt`.
-`--clip` is `NAME:TAG` (open_clip), a Hydra yaml such as `conf/clip/tiny.yaml`, or `none`.
+`--pipeline` is a directory or hub repo saved by `DalleMiniPipeline.save_pretrained` (its own sampling
+defaults apply). Or components: `--model` is a hub name or directory (ours or the reference's), or a
+Lightning `.ckpt` (then `--tokenizer` says where its tokenizer is); `--vqgan` a hub name or directory, a
+`.safetensors` file, or a taming `.ckpt`; `--clip` `NAME:TAG` (open_clip), a saved scorer, a Hydra yaml
+such as `conf/clip/tiny.yaml`, or `none`. Each sampling option has a flag (`--top-k`, …).
 """
 
 from __future__ import annotations
@@ -13,32 +16,52 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import dalle_mini_pt  # noqa: F401  (torchvision fix first)
 import torch
 
-from .pipeline import DalleMiniPipeline
+import dalle_mini_pt  # noqa: F401  (torchvision fix first)
+
+from .pipeline import DEFAULT_GENERATION, DalleMiniPipeline
+from .sampling import add_arguments, from_arguments
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    """--pipeline, or the components --model, --vqgan, --clip (and --tokenizer); `load` reads them."""
+    p.add_argument("--pipeline", default=None, help="a saved pipeline (directory or hub repo)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--tokenizer", default=None, help="defaults to the tokenizer saved with the model")
+    p.add_argument("--vqgan", default=None)
+    p.add_argument("--clip", default="none")
+    p.add_argument("--revision", default=None, help="hub revision of --pipeline or --model")
+
+
+def check_pipeline_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.pipeline is None) == (args.model is None) or (args.model is not None and args.vqgan is None):
+        p.error("give --pipeline DIR_OR_REPO, or --model and --vqgan (and optionally --clip)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dalle_mini_pt.generate", description=__doc__.split("\n\n")[0])
     p.add_argument("prompts", nargs="+", help="one or more prompts ('' is the unconditional prompt)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--tokenizer", default=None, help="defaults to the tokenizer saved with the model")
-    p.add_argument("--vqgan", required=True)
-    p.add_argument("--clip", default="none")
-    p.add_argument("--num-images", type=int, default=4)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--condition-scale", type=float, default=10.0)
-    p.add_argument("--seed", type=int, default=None)
+    add_pipeline_arguments(p)
+    add_arguments(p, DEFAULT_GENERATION, "a saved --pipeline's own sampling settings replace these defaults")
     p.add_argument("--clip-top-n", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("grid.png"),
                    help="PNG path; with several prompts, NAME_0.png, NAME_1.png, ...")
     p.add_argument("--scale", type=int, default=1, help="enlarge small images this many times in the grid")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_pipeline_arguments(p, args)
+    return args
+
+
+def load(args) -> DalleMiniPipeline:
+    dtype = getattr(torch, getattr(args, "dtype", "float32"))
+    device = getattr(args, "device", "cpu")
+    if args.pipeline is not None:
+        return DalleMiniPipeline.from_pretrained(args.pipeline, device=device, dtype=dtype, revision=args.revision)
+    return DalleMiniPipeline.from_pretrained(args.model, args.vqgan, clip=args.clip, tokenizer=args.tokenizer,
+                                             device=device, dtype=dtype, revision=args.revision)
 
 
 def output_paths(out: Path, n: int) -> list[Path]:
@@ -49,11 +72,9 @@ def output_paths(out: Path, n: int) -> list[Path]:
 
 def main(argv=None) -> list[Path]:
     args = parse_args(argv)
-    pipe = DalleMiniPipeline.from_pretrained(args.model, args.vqgan, clip=args.clip, tokenizer=args.tokenizer,
-                                             device=args.device, dtype=getattr(torch, args.dtype))
-    results = pipe(args.prompts, num_images=args.num_images, top_k=args.top_k, top_p=args.top_p,
-                   temperature=args.temperature, condition_scale=args.condition_scale, seed=args.seed,
-                   clip_top_n=args.clip_top_n, progress=None)
+    pipe = load(args)
+    results = pipe(args.prompts, from_arguments(args, pipe.generation_config), clip_top_n=args.clip_top_n,
+                   progress=None)
     paths = output_paths(args.out, len(results))
     for result, path in zip(results, paths):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,14 +2,16 @@
 
 One class covers both generations of the reference: the 2021 DALL·E mini (BART post-LN with biases,
 positions offset by 2) and the 2022 NormFormer/GLU DalleBart of dalle-mini and dalle-mega; the difference is
-configuration (`conf/model/*.yaml`). Sampling lives in `sampling.py`; this file holds the network and the
-fixed-shape decoding step it needs.
+configuration (`conf/model/*.yaml`). Sampling lives in `sampling.py`; this file holds the network, the
+fixed-shape decoding step it needs, and `build_dallebart`, the factory the training configs call. Saving
+and loading come from `hub.mixin.HubMixin`: ours, the reference's Flax layouts and our Lightning `.ckpt`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -17,7 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DalleBartConfig
+from .hub.bart import read_bart_encoder
+from .hub.dallebart_flax import DALLEBART_FLAX
+from .hub.lightning import read_lightning_checkpoint
+from .hub.mixin import NATIVE, HubMixin
+from .hub.model_cards import dallebart_card
+from .hub.strict import load_strict
 from .layers import DecoderLayer, EncoderLayer, LayerNorm, Linear, run_layers
+from .sampling import generate
 
 
 def _padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -138,7 +147,13 @@ class ImageTokenDecoder(nn.Module):
         return self._final_norm(h)[:, 0]
 
 
-class DalleBart(nn.Module):
+class DalleBart(HubMixin, nn.Module):
+    config_class = DalleBartConfig
+    hub_layouts = (NATIVE, DALLEBART_FLAX)
+    file_readers = {".ckpt": read_lightning_checkpoint}
+    hub_example = "dalle-mini/dalle-mini"
+    pickle_fix = "Export them to safetensors with `python -m dalle_mini_pt.export`."
+
     def __init__(self, config: DalleBartConfig):
         super().__init__()
         self.config = config
@@ -167,31 +182,35 @@ class DalleBart(nn.Module):
         logits = self(input_ids, attention_mask, self.shift_right(labels))
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
 
-    def generate(self, input_ids, attention_mask, **kwargs):
+    def generate(self, input_ids, attention_mask, generation_config=None, **kwargs):
         """See `dalle_mini_pt.sampling.generate`."""
-        from .sampling import generate
-
-        return generate(self, input_ids, attention_mask, **kwargs)
+        return generate(self, input_ids, attention_mask, generation_config, **kwargs)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    # The hub functions live in hub.py (they import this module, hence the local imports).
-    @classmethod
-    def from_pretrained(cls, name_or_path, **kwargs) -> "DalleBart":
-        """From a directory or hub repo, ours or the reference's Flax one; see `hub.load_pretrained`."""
-        from .hub import load_pretrained
+    def save_extras(self, directory, tokenizer=None) -> None:
+        """The tokenizer files, given as an object or a path / hub name, travel with the weights."""
+        if tokenizer is None:
+            return
+        if isinstance(tokenizer, (str, Path)):
+            from transformers import AutoTokenizer  # seconds to import: only saving with a tokenizer pays
 
-        return load_pretrained(name_or_path, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        tokenizer.save_pretrained(str(directory))
 
-    def save_pretrained(self, directory, **kwargs):
-        """config.json + model.safetensors (+ tokenizer, model card); see `hub.save_pretrained`."""
-        from .hub import save_pretrained
+    def model_card(self, name: str, dtype: str) -> str:
+        return dallebart_card(self, name, dtype)
 
-        return save_pretrained(self, directory, **kwargs)
 
-    def push_to_hub(self, repo_id: str, **kwargs):
-        """Save and upload as one commit; see `hub.push_to_hub`."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+def build_dallebart(config: DalleBartConfig, pretrained_bart: Optional[str] = None, **hub_kwargs) -> DalleBart:
+    """A DalleBart; with `pretrained_bart` (hub name or path), its encoder starts from that BART's."""
+    model = DalleBart(config)
+    if pretrained_bart:
+        expected, state = read_bart_encoder(pretrained_bart, **hub_kwargs)
+        wrong = {k: (getattr(config, k), v) for k, v in expected.items() if getattr(config, k) != v}
+        if wrong:
+            fixes = ", ".join(f"{k}={v!r} (config has {c!r})" for k, (c, v) in wrong.items())
+            raise ValueError(f"the pretrained BART does not fit model.net.config; set {fixes}")
+        load_strict(model.encoder, state, f"BART encoder {pretrained_bart!r}")
+    return model

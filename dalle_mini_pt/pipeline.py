@@ -1,11 +1,13 @@
 """Text to images: normalise → tokenise → sample codes → VQGAN decode → CLIP rank.
 
-Data flows one way through separately loaded components (DalleBart + tokenizer, VQGAN, CLIP scorer), as a
-diffusers-style pipeline composes them.
+Data flows one way through separately trained components (DalleBart + tokenizer, VQGAN, CLIP scorer), as a
+diffusers pipeline composes them. A pipeline saves as one directory: each component in its own
+sub-directory, listed in `model_index.json` with the normaliser settings and the sampling defaults.
 """
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +18,18 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from .clip_scorer import ClipScorer
+from .hub.files import TOKENIZER_FILES, Source, load_config_json, open_source, write_json
 from .image_grid import caption_grid, to_pil
 from .model import DalleBart
-from .tokenizer import TextTokenizer
+from .sampling import GenerationConfig
+from .text_normalizer import TextNormalizer
+from .tokenizer import TextTokenizer, load_tokenizer
+from .vqgan import VQGAN, VQGANConfig
+
+INDEX_NAME = "model_index.json"
+# The reference notebook's sampling: super-conditioning at 10, no top-k/top-p; four images per prompt.
+DEFAULT_GENERATION = GenerationConfig(num_images=4, condition_scale=10.0)
 
 
 @dataclass
@@ -35,13 +46,11 @@ class PromptImages:
         return caption_grid([self.images], [self.prompt], labels, scale=scale)
 
 
-def load_vqgan(spec: str):
+def load_vqgan(spec: str) -> VQGAN:
     """A `.safetensors` file (saved by `VQGAN.save_safetensors`), a taming `.ckpt` (the f16/16384 config),
     a Hydra yaml such as `conf/vqgan/tiny.yaml`, or else a directory or hub repo for `VQGAN.from_pretrained`
     (ours, vqgan-jax's Flax one such as `dalle-mini/vqgan_imagenet_f16_16384`, or taming's model.yaml +
     last.ckpt)."""
-    from .vqgan import VQGAN, VQGANConfig
-
     path = Path(spec)
     if path.suffix == ".safetensors":
         return VQGAN.from_safetensors(path)
@@ -53,26 +62,25 @@ def load_vqgan(spec: str):
     return VQGAN.from_pretrained(spec)
 
 
-def load_clip(spec: Optional[str], device=None):
-    """`none`, `NAME:TAG` (open_clip; the tag's weights are downloaded), a Hydra yaml, or a directory written
-    by `ClipScorer.save` (e.g. the embedded default's trained CLIP)."""
+def load_clip(spec: Optional[str], device=None) -> Optional[ClipScorer]:
+    """`none`, an open_clip `NAME:TAG` (the tag's weights are downloaded) or a bare `NAME` (random weights),
+    a Hydra yaml, or a directory or hub repo saved by `ClipScorer.save_pretrained` (e.g. the embedded
+    default's trained CLIP)."""
     if spec is None or str(spec).lower() == "none":
         return None
-    spec = str(spec)
+    spec, device = str(spec), device or "cpu"
     if spec.endswith((".yaml", ".yml")):
-        return instantiate(OmegaConf.load(spec)).to(device or "cpu")
-    from .clip_scorer import ClipScorer
-
-    if Path(spec).is_dir():
-        return ClipScorer.load(spec).to(device or "cpu")
-
-    name, _, tag = spec.partition(":")
-    return ClipScorer.from_pretrained(name, tag or None, device=device or "cpu")
+        return instantiate(OmegaConf.load(spec)).to(device)
+    name, colon, tag = spec.partition(":")
+    if not Path(spec).exists() and (colon or name in ClipScorer.open_clip_models()):
+        return ClipScorer.from_open_clip(name, tag or None, device=device)
+    return ClipScorer.from_pretrained(spec, device=device)
 
 
 class DalleMiniPipeline:
-    def __init__(self, model: DalleBart, tokenizer: TextTokenizer, vqgan, clip=None, normalizer=None,
-                 decode_batch_size: int = 8):
+    def __init__(self, model: DalleBart, tokenizer: TextTokenizer, vqgan: VQGAN, clip: Optional[ClipScorer] = None,
+                 normalizer: Optional[TextNormalizer] = None, decode_batch_size: int = 8,
+                 generation_config: GenerationConfig = DEFAULT_GENERATION):
         cfg = model.config
         if vqgan.config.n_embed != cfg.codebook_size or vqgan.config.codes_per_image != cfg.image_length:
             raise ValueError(f"the VQGAN ({vqgan.config.n_embed} codes, {vqgan.config.codes_per_image} per image) "
@@ -83,32 +91,77 @@ class DalleMiniPipeline:
                              f"{cfg.text_positions} text positions")
         self.model, self.tokenizer, self.vqgan = model.eval(), tokenizer, vqgan.eval()
         self.clip, self.normalizer = clip, normalizer
-        self.decode_batch_size = decode_batch_size
+        self.decode_batch_size, self.generation_config = decode_batch_size, generation_config
+
+    # --- loading and saving ----------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, model: str, vqgan: str, clip: Optional[str] = None, tokenizer: Optional[str] = None,
-                        device=None, dtype=torch.float32, **hub_kwargs) -> "DalleMiniPipeline":
-        """Components by name or path: the model from a hub repo or directory (ours or the reference's), or a
-        Lightning `.ckpt` (with `tokenizer`); the VQGAN and CLIP as in `load_vqgan` / `load_clip`."""
-        from .export import model_from_lightning
-        from .hub import load_tokenizer
-
+    def from_pretrained(cls, pipeline_or_model, vqgan: Optional[str] = None, clip: Optional[str] = None,
+                        tokenizer: Optional[str] = None, device=None, dtype=torch.float32,
+                        **hub_kwargs) -> "DalleMiniPipeline":
+        """A pipeline directory or hub repo saved by `save_pretrained`; or, with `vqgan`, components by name
+        or path: the model from a hub repo, directory (ours or the reference's) or Lightning `.ckpt` (then
+        with `tokenizer`), the VQGAN and CLIP as in `load_vqgan` / `load_clip`."""
         device = torch.device(device or "cpu")
-        if str(model).endswith(".ckpt"):
-            if tokenizer is None:
-                raise ValueError("a Lightning checkpoint holds no tokenizer: pass tokenizer= (e.g. data.tokenizer)")
-            net = model_from_lightning(model, dtype=dtype).to(device)
-        else:
-            net = DalleBart.from_pretrained(model, dtype=dtype, device=device, **hub_kwargs)
+        if vqgan is None:
+            return cls._from_index(pipeline_or_model, device, dtype, hub_kwargs)
+        model = str(pipeline_or_model)
+        if model.endswith(".ckpt") and tokenizer is None:
+            raise ValueError("a Lightning checkpoint holds no tokenizer: pass tokenizer= (e.g. data.tokenizer)")
+        net = DalleBart.from_pretrained(model, dtype=dtype, device=device, **hub_kwargs)
         length = net.config.max_text_length
         tok = (TextTokenizer.from_pretrained(tokenizer, length) if tokenizer
                else load_tokenizer(model, max_length=length, **hub_kwargs))
-        normalizer = None
-        if net.config.normalize_text:
-            from .text_normalizer import TextNormalizer
-
-            normalizer = TextNormalizer()
+        normalizer = TextNormalizer() if net.config.normalize_text else None
         return cls(net, tok, load_vqgan(vqgan).to(device), load_clip(clip, device), normalizer)
+
+    @classmethod
+    def _from_index(cls, name_or_path, device, dtype, hub: dict) -> "DalleMiniPipeline":
+        source = open_source(name_or_path, INDEX_NAME, "me/dalle-mini-pipeline", **hub)
+        index_path = source.file(INDEX_NAME)
+        if index_path is None:
+            raise FileNotFoundError(f"{source.name}: no {INDEX_NAME}, so not a pipeline saved by "
+                                    "DalleMiniPipeline.save_pretrained; to load separate components pass "
+                                    "vqgan= (and clip=) too")
+        index = load_config_json(index_path)
+        net = DalleBart.from_pretrained(name_or_path, subfolder=index["model"], dtype=dtype, device=device, **hub)
+        tokenizer = TextTokenizer.from_pretrained(str(source.sub(index["tokenizer"]).local_dir(TOKENIZER_FILES)),
+                                                  index["text_length"])
+        vqgan = VQGAN.from_pretrained(name_or_path, subfolder=index["vqgan"], device=device, **hub)
+        clip = None
+        if index.get("clip"):
+            clip = ClipScorer.from_pretrained(name_or_path, subfolder=index["clip"], device=device, **hub)
+        normalizer = None
+        if index.get("text_normalizer"):
+            settings = index["text_normalizer"]
+            words = settings.get("word_frequency_file")
+            normalizer = TextNormalizer(_file(source, words) if words else None, seed=settings.get("seed", 0))
+        return cls(net, tokenizer, vqgan, clip, normalizer, index.get("decode_batch_size", 8),
+                   GenerationConfig.from_dict(index["generation_config"]))
+
+    def save_pretrained(self, directory) -> Path:
+        """model/, tokenizer/, vqgan/, clip/ (if any), the word-frequency file (if any) and model_index.json."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory / "model")
+        self.tokenizer.save_pretrained(directory / "tokenizer")
+        self.vqgan.save_pretrained(directory / "vqgan")
+        if self.clip is not None:
+            self.clip.save_pretrained(directory / "clip")
+        normalizer = None
+        if self.normalizer is not None:
+            normalizer = {"seed": self.normalizer.seed, "word_frequency_file": None}
+            if self.normalizer.word_frequency_path:
+                words = Path(self.normalizer.word_frequency_path)
+                shutil.copyfile(words, directory / words.name)
+                normalizer["word_frequency_file"] = words.name
+        write_json(directory / INDEX_NAME, {
+            "_class_name": type(self).__name__, "library_name": "dalle_mini_pt", "model": "model",
+            "tokenizer": "tokenizer", "text_length": self.tokenizer.max_length, "vqgan": "vqgan",
+            "clip": "clip" if self.clip is not None else None, "text_normalizer": normalizer,
+            "decode_batch_size": self.decode_batch_size, "generation_config": self.generation_config.to_dict()})
+        return directory
+
+    # --- generating ------------------------------------------------------------------------------------
 
     @property
     def device(self) -> torch.device:
@@ -135,27 +188,21 @@ class DalleMiniPipeline:
         return torch.cat(chunks)
 
     @torch.inference_mode()
-    def __call__(self, prompts: Union[str, Sequence[str]], num_images: int = 4, top_k: Optional[int] = None,
-                 top_p: Optional[float] = None, temperature: float = 1.0, condition_scale: float = 10.0,
-                 seed: Optional[int] = None, clip_top_n: Optional[int] = None,
-                 progress: Optional[bool] = None) -> list[PromptImages]:
-        """Images for each prompt. `condition_scale` 10 is the reference notebook's default; `clip_top_n`
-        keeps the best n by CLIP score (all, ranked, when None). `progress` None shows a bar on terminals."""
+    def __call__(self, prompts: Union[str, Sequence[str]], generation_config: Optional[GenerationConfig] = None,
+                 *, clip_top_n: Optional[int] = None, progress: Optional[bool] = None,
+                 **options) -> list[PromptImages]:
+        """Images for each prompt, sampled with `generation_config` (default: the pipeline's, the reference
+        notebook's unless it was saved with others) changed by `options` given by name. `clip_top_n` keeps
+        the best n by CLIP score (all, ranked, when None). `progress` None shows a bar on terminals."""
         prompts = self._prepare(prompts)
-        if num_images < 1:
-            raise ValueError(f"num_images={num_images} must be >= 1")
-        if clip_top_n is not None and not 1 <= clip_top_n <= num_images:
-            raise ValueError(f"clip_top_n={clip_top_n} must be between 1 and num_images={num_images}")
-        batch = self.tokenize(prompts)
-        codes = self.model.generate(**batch, num_images=num_images, top_k=top_k, top_p=top_p,
-                                    temperature=temperature, condition_scale=condition_scale, seed=seed,
-                                    progress=progress)
+        config = (generation_config or self.generation_config).replace(**options)
+        if clip_top_n is not None and not 1 <= clip_top_n <= config.num_images:
+            raise ValueError(f"clip_top_n={clip_top_n} must be between 1 and num_images={config.num_images}")
+        codes = self.model.generate(**self.tokenize(prompts), generation_config=config, progress=progress)
         pictures = self.decode(codes)
-        results = []
-        for i, prompt in enumerate(prompts):
-            rows = slice(i * num_images, (i + 1) * num_images)
-            results.append(self._rank(prompt, pictures[rows], codes[rows], clip_top_n))
-        return results
+        n = config.num_images
+        return [self._rank(p, pictures[i * n:(i + 1) * n], codes[i * n:(i + 1) * n], clip_top_n)
+                for i, p in enumerate(prompts)]
 
     def _rank(self, prompt, pictures, codes, top_n) -> PromptImages:
         if self.clip is None:
@@ -163,3 +210,10 @@ class DalleMiniPipeline:
         order, scores = self.clip.rank(pictures.to(self.clip.device), prompt, top_n=top_n)
         return PromptImages(prompt, to_pil(pictures[order.to(pictures.device)]),
                             codes[order.to(codes.device)].cpu(), scores.cpu().tolist())
+
+
+def _file(source: Source, name: str) -> str:
+    path = source.file(name)
+    if path is None:
+        raise FileNotFoundError(f"{source.name}: the {INDEX_NAME} names {name}, which is missing")
+    return str(path)

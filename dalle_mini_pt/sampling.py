@@ -1,4 +1,4 @@
-"""The sampling loop: image codes from prompt token ids.
+"""The sampling loop, image codes from prompt token ids, and `GenerationConfig`, the options it takes.
 
 Semantics follow the reference `DalleBart.generate`: super-conditioning mixes raw logits,
 `uncond + scale * (cond - uncond)`, before the warpers (temperature, then top-k, then top-p), and a token
@@ -19,17 +19,114 @@ positions written so far. The super-conditioning mix is taken on the last hidden
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from tqdm.auto import tqdm
 
 from .huge_pages import move_to_huge_pages
-from .model import DalleBart
+
+if TYPE_CHECKING:
+    from .model import DalleBart
 
 
-def apply_warpers(logits: torch.Tensor, temperature, top_k: Optional[int], top_p: Optional[float]):
-    """Temperature, top-k, top-p on (rows, vocab) float logits, in that order (HF Flax warpers)."""
+def _option(default, help: str, type=None):
+    return field(default=default, metadata={"help": help, "type": type or (lambda v: v)})
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Every sampling option, checked in one place. The defaults are the reference `generate`'s (plain
+    sampling, no super-conditioning); each caller states its own in one place: the pipeline (the reference
+    notebook's, `pipeline.DEFAULT_GENERATION`), the training callback and the embedded default's evaluation
+    (their Hydra configs), the benchmark (min-dalle's). `metadata["help"]` is what the command lines show."""
+
+    num_images: int = _option(1, "images per prompt", int)
+    top_k: Optional[int] = _option(None, "sample among the k likeliest codes (default: all)", int)
+    top_p: Optional[float] = _option(None, "sample among the likeliest codes holding this probability mass", float)
+    min_p: Optional[float] = _option(None, "drop codes less likely than this fraction of the likeliest one", float)
+    temperature: float = _option(1.0, "divides the logits: below 1 sharper, above 1 more varied", float)
+    condition_scale: float = _option(1.0, "super-conditioning: uncond + scale * (cond - uncond); 1 is off", float)
+    seed: Optional[int] = _option(None, "makes a run repeatable (default: a fresh random seed)", int)
+
+    def __post_init__(self) -> None:
+        def fail(key: str, problem: str, fix: str) -> None:
+            raise ValueError(f"{key}={getattr(self, key)!r} {problem} ({fix})")
+
+        if not (_whole(self.num_images) and self.num_images >= 1):
+            fail("num_images", "must be a whole number >= 1", "images per prompt")
+        if self.top_k is not None and not (_whole(self.top_k) and self.top_k >= 1):
+            fail("top_k", "must be a whole number >= 1", "use None to disable it")
+        if self.top_p is not None and not (_finite(self.top_p) and 0.0 < self.top_p <= 1.0):
+            fail("top_p", "must be in (0, 1]", "use None or 1.0 to disable it")
+        if self.min_p is not None and not (_finite(self.min_p) and 0.0 <= self.min_p <= 1.0):
+            fail("min_p", "must be in [0, 1]", "use None or 0 to disable it")
+        if not (_finite(self.temperature) and self.temperature > 0):
+            fail("temperature", "must be a finite number > 0", "use top_k=1 for greedy decoding")
+        if not _finite(self.condition_scale):
+            fail("condition_scale", "must be a finite number", "1 turns super-conditioning off; the reference "
+                 "notebook uses 10")
+        if self.seed is not None and not _whole(self.seed):
+            fail("seed", "must be a whole number", "or None for a fresh random seed")
+
+    @property
+    def guided(self) -> bool:
+        return self.condition_scale != 1.0
+
+    def replace(self, **changes) -> "GenerationConfig":
+        """A copy with `changes`; an unknown name is refused, listing the options."""
+        unknown = sorted(set(changes) - set(self.names()))
+        if unknown:
+            raise TypeError(f"unknown sampling option(s) {unknown}; the options are {self.names()}")
+        return dataclasses.replace(self, **changes) if changes else self
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GenerationConfig":
+        return cls().replace(**values)
+
+    def check_model(self, config) -> None:
+        """The checks that need the model's config (a `DalleBartConfig`)."""
+        if self.top_k is not None and self.top_k > config.codebook_size:
+            raise ValueError(f"top_k={self.top_k} must be between 1 and the codebook size {config.codebook_size} "
+                             "(use None to disable it)")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def add_arguments(parser, defaults: GenerationConfig, description: str = "") -> None:
+    """One command-line flag per option (`--top-k`, …); `from_arguments` fills the unset ones from defaults."""
+    group = parser.add_argument_group("sampling", description)
+    for f in dataclasses.fields(GenerationConfig):
+        group.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["type"], default=None,
+                           help=f"{f.metadata['help']} (default: {getattr(defaults, f.name)})")
+
+
+def from_arguments(args, defaults: GenerationConfig) -> GenerationConfig:
+    return defaults.replace(**{k: v for k in GenerationConfig.names() if (v := getattr(args, k)) is not None})
+
+
+def apply_warpers(logits: torch.Tensor, temperature, top_k: Optional[int], top_p: Optional[float],
+                  min_p: Optional[float] = None):
+    """Temperature, top-k, top-p on (rows, vocab) float logits, in that order (HF Flax warpers), then min-p
+    (not in the reference: HF's `MinPLogitsWarper`, which keeps codes of at least min_p times the best
+    code's probability)."""
     logits = logits / temperature
     if top_k is not None:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
@@ -41,6 +138,9 @@ def apply_warpers(logits: torch.Tensor, temperature, top_k: Optional[int], top_p
         keep = torch.cat([torch.ones_like(cumulative[:, :1], dtype=torch.bool),
                           cumulative[:, :-1] < top_p], dim=-1)
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(~keep, float("-inf")))
+    if min_p:
+        # p >= min_p * p_max  <=>  logit >= max logit + log(min_p): no softmax needed
+        logits = logits.masked_fill(logits < logits.amax(-1, keepdim=True) + math.log(min_p), float("-inf"))
     return logits
 
 
@@ -60,16 +160,10 @@ def _cut_graph(device: torch.device) -> None:
         torch_xla.sync()
 
 
-def _check_options(model: DalleBart, rows: int, top_k, top_p, temperature, condition_scale, noise, uncond):
+def _check_inputs(model: DalleBart, rows: int, options: GenerationConfig, noise, uncond) -> None:
     cfg = model.config
-    if top_k is not None and not 1 <= top_k <= cfg.codebook_size:
-        raise ValueError(f"top_k={top_k} must be between 1 and the codebook size {cfg.codebook_size} "
-                         "(use None to disable it)")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} must be in (0, 1] (use None or 1.0 to disable it)")
-    if float(temperature) <= 0:
-        raise ValueError(f"temperature={temperature} must be > 0 (use top_k=1 for greedy decoding)")
-    if condition_scale != 1.0 and uncond is None:
+    options.check_model(cfg)
+    if options.guided and uncond is None:
         raise ValueError("condition_scale != 1 needs the unconditional prompt: pass uncond_input_ids and "
                          "uncond_attention_mask (the tokenised empty string)")
     expected = (cfg.image_length, rows, cfg.image_rows)
@@ -103,21 +197,18 @@ def generate(
     model: DalleBart,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
+    generation_config: Optional[GenerationConfig] = None,
     *,
-    num_images: int = 1,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    temperature: float = 1.0,
-    condition_scale: float = 1.0,
     uncond_input_ids: Optional[torch.Tensor] = None,
     uncond_attention_mask: Optional[torch.Tensor] = None,
-    seed: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
     noise: Optional[torch.Tensor] = None,
     return_logits: bool = False,
     progress: Optional[bool] = False,
+    **options,
 ):
-    """Sample `num_images` code grids per prompt.
+    """Sample `num_images` code grids per prompt, with `generation_config` (default `GenerationConfig()`)
+    changed by any `options` given by name (`top_k=50`), as transformers' `generate` takes them.
 
     input_ids/attention_mask: (prompts, text_length). Rows of the result are prompt-major:
     row `p * num_images + i` is image i of prompt p. Returns codes (rows, image_length), plus, with
@@ -125,29 +216,29 @@ def generate(
     (rows, image_length, image_rows). `noise` (image_length, rows, image_rows) replaces the Gumbel draws.
     `progress`: a bar over the steps; None shows it only on a terminal.
     """
+    config = (generation_config or GenerationConfig()).replace(**options)
     device = input_ids.device
-    rows = input_ids.shape[0] * num_images
+    rows = input_ids.shape[0] * config.num_images
     uncond = None if uncond_input_ids is None else (uncond_input_ids, uncond_attention_mask)
-    _check_options(model, rows, top_k, top_p, temperature, condition_scale, noise, uncond)
-    guided = condition_scale != 1.0
+    _check_inputs(model, rows, config, noise, uncond)
     if generator is None and noise is None:
         generator = torch.Generator(device="cpu" if device.type == "xla" else device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
+        generator.manual_seed(config.seed if config.seed is not None else torch.seed())
     if device.type == "cpu":  # every step streams all weights: 2 MiB pages spare the TLB (huge_pages.py)
         move_to_huge_pages(model)
     # torch-xla cannot take views of inference tensors
     with torch.no_grad() if device.type == "xla" else torch.inference_mode():
-        cache = _init_cache(model, input_ids, attention_mask, uncond if guided else None, num_images)
-        return _sample(model, cache, rows, guided, top_k, top_p, temperature, condition_scale, generator,
-                       noise, return_logits, progress)
+        cache = _init_cache(model, input_ids, attention_mask, uncond if config.guided else None,
+                            config.num_images)
+        return _sample(model, cache, rows, config, generator, noise, return_logits, progress)
 
 
-def _sample(model: DalleBart, cache, rows: int, guided: bool, top_k, top_p, temperature, condition_scale,
-            generator, noise, return_logits: bool, progress):
-    cfg, device = model.config, cache.self_k.device
+def _sample(model: DalleBart, cache, rows: int, options: GenerationConfig, generator, noise,
+            return_logits: bool, progress):
+    cfg, device, guided = model.config, cache.self_k.device, options.guided
     static = device.type == "xla"  # every step the same shapes, and no step length read on the host
-    temperature = torch.tensor(float(temperature), device=device)
-    scale = torch.tensor(float(condition_scale), device=device)
+    temperature = torch.tensor(float(options.temperature), device=device)
+    scale = torch.tensor(float(options.condition_scale), device=device)
     tokens = torch.full((2 * rows if guided else rows,), cfg.decoder_start_token_id, dtype=torch.long,
                         device=device)
     codes = torch.empty((rows, cfg.image_length), dtype=torch.long, device=device)
@@ -167,7 +258,8 @@ def _sample(model: DalleBart, cache, rows: int, guided: bool, top_k, top_p, temp
         logits = model.decoder.lm_head(h).float()
         if return_logits:
             all_logits.index_copy_(1, position, logits[:, None])
-        logits = apply_warpers(logits.masked_fill(not_a_code, float("-inf")), temperature, top_k, top_p)
+        logits = apply_warpers(logits.masked_fill(not_a_code, float("-inf")), temperature, options.top_k,
+                               options.top_p, options.min_p)
         g = noise[t].to(device) if noise is not None else gumbel_noise(logits.shape, generator, device,
                                                                          out=noise_buffer)
         nxt = torch.argmax(logits + g, dim=-1)

@@ -193,6 +193,7 @@ class TextNormalizer:
     """Normalise a prompt or caption the way DALL·E mini's training data was normalised."""
 
     def __init__(self, word_frequency_path: str | Path | None = None, seed: int = 0):
+        self.word_frequency_path, self.seed = word_frequency_path, seed  # what a saved pipeline records
         splitter = WordSplitter.from_file(word_frequency_path) if word_frequency_path else None
         self.steps: list[Callable[[str], str]] = [
             fix_text,

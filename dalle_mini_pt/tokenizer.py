@@ -7,10 +7,13 @@ for dalle-mini/mega). Every batch is padded to exactly `max_length`, so shapes n
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .hub.dallebart_flax import TEXT_LENGTH_2021
+from .hub.files import CONFIG_NAME, load_config_json, open_source
 
 
 class TextTokenizer:
@@ -61,3 +64,21 @@ class TextTokenizer:
 
     def save_pretrained(self, directory) -> None:
         self.tokenizer.save_pretrained(directory)
+
+
+def load_tokenizer(name_or_path, *, max_length: Optional[int] = None, revision: Optional[str] = None,
+                   local_files_only: bool = False, cache_dir=None, token=None) -> TextTokenizer:
+    """The prompt tokenizer saved next to a model (ours or the reference's), padding to the model's text
+    length, read from its config.json unless `max_length` is given."""
+    hub = dict(revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token)
+    if max_length is None:
+        source = open_source(name_or_path, "a model's config.json and tokenizer files", "dalle-mini/dalle-mini",
+                             **hub)
+        config_path = source.file(CONFIG_NAME)
+        if config_path is None:
+            raise FileNotFoundError(f"{source.name}: no {CONFIG_NAME} to read the text length from; pass "
+                                    "max_length=")
+        values = load_config_json(config_path)
+        # the 2021 model's config is BART's, which knows only its 1024-row position table
+        max_length = values.get("max_text_length") or min(TEXT_LENGTH_2021, values["max_position_embeddings"])
+    return TextTokenizer.from_pretrained(str(name_or_path), max_length, **hub)

@@ -7,18 +7,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import dalle_mini_pt  # noqa: F401  (patches torchvision before Lightning is imported)
 import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+import dalle_mini_pt  # noqa: F401  (patches torchvision before Lightning is imported)
 from dalle_mini_pt.config import DalleBartConfig
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from dalle_mini_pt.config_dir import CONFIG_DIR
 
 
 def check_compatible(datamodule, model) -> None:

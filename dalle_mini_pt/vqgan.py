@@ -3,7 +3,7 @@
 Submodules carry taming `VQModel`'s names (`encoder, decoder, quant_conv, post_quant_conv, quantize`), so
 a taming checkpoint loads with strict key checking. `taming.models.vqgan` is not imported: it pulls
 Lightning 1.x APIs that no longer exist. Encoding and decoding always run in float32: the decoder
-overflows to NaN in fp16.
+overflows to NaN in fp16. `from_pretrained` reads ours, vqgan-jax's Flax layout and taming's (`hub/`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,10 +22,14 @@ from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer2
 from torch import nn
 
-from .weights import load_strict
+from .hub.mixin import NATIVE, HubMixin
+from .hub.model_cards import vqgan_card
+from .hub.strict import load_strict
+from .hub.taming import PICKLE_FIX, TAMING_LAYOUTS, taming_state_dict
+from .hub.vqgan_flax import VQGAN_FLAX
 
-# Pixel range the checkpoint was trained on: taming's releases use [-1, 1]; dalle-mini's fine-tuned port is
-# fed ToTensor() images and its output clipped to [0, 1] directly (min-dalle does the same).
+# Pixel range the checkpoint was trained on: taming's releases use [-1, 1]; dalle-mini's JAX port of the
+# ImageNet model is fed ToTensor() images and its output clipped to [0, 1] directly (min-dalle does the same).
 PIXEL_RANGES = ("minus_one_to_one", "zero_to_one")
 # Keys of taming's model.yaml `params` that only matter for training or for taming's own loader.
 _TAMING_TRAINING_KEYS = ("lossconfig", "monitor", "ckpt_path", "ignore_keys", "image_key", "sane_index_shape")
@@ -97,65 +100,15 @@ class VQGANConfig:
         return cls(**values)
 
 
-_CONVERT = (
-    "  python -c \"import torch; from safetensors.torch import save_file; "
-    "sd = torch.load('{path}', map_location='cpu', weights_only=False)['state_dict']; "
-    "save_file({{k: v.contiguous() for k, v in sd.items() if not k.startswith('loss.')}}, "
-    "'vqgan.safetensors')\""
-)
-
-
-class _Inert:
-    """Stands in for every non-tensor class or function a checkpoint pickles (Lightning 1.x keys callback
-    states by class). It runs nothing and keeps nothing, so loading cannot execute code from the file."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        pass
-
-    def __setstate__(self, state) -> None:
-        pass
-
-
-def _reason(err: Exception) -> str:
-    """torch's weights-only errors bury their one-line cause in a page of generic advice; keep the cause."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    cause = [line for line in lines if line.startswith(("Trying to", "Unsupported"))]
-    return f"{type(err).__name__}: {(cause or lines or [''])[0]}"
-
-
-def _load_weights_only(path) -> object:
-    """torch.load(weights_only=True); if the file also pickles other objects (real taming checkpoints hold
-    Lightning 1.x callback classes), load again with each of them replaced by `_Inert`. Never
-    weights_only=False: that would run whatever the file names."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        with torch.serialization.safe_globals([(_Inert, name) for name in names]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"{path} could not be read with a weights-only load ({_reason(err)}). Where a "
-            "checkpoint pickles Python objects beyond tensors, rebuilding them would run code from the file, "
-            "so we do not. If you trust the file, convert it once:\n" + _CONVERT.format(path=path)
-            + "\nthen use VQGAN.from_safetensors('vqgan.safetensors', config).") from err
-
-
-def taming_state_dict(path) -> dict[str, torch.Tensor]:
-    """The VQGAN tensors of a taming `.ckpt`, read without running pickled code; `loss.*` dropped."""
-    obj = _load_weights_only(path)
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} holds no state dict of tensors (neither the checkpoint nor its "
-                         "'state_dict' entry maps names to tensors); is it a taming VQGAN checkpoint?")
-    return {k: v for k, v in state.items() if not k.startswith("loss.")}
-
-
-class VQGAN(nn.Module):
+class VQGAN(HubMixin, nn.Module):
     """taming's VQModel without its training half: `encode` images to codes, `decode` codes to images.
     Both are inference helpers (no autograd graph); the image model trains on stored codes."""
+
+    config_class = VQGANConfig
+    hub_layouts = (NATIVE, VQGAN_FLAX, *TAMING_LAYOUTS)
+    hub_example = "dalle-mini/vqgan_imagenet_f16_16384"
+    pickle_fix = PICKLE_FIX
+    save_dtype = torch.float32  # it only runs in float32
 
     def __init__(self, config: VQGANConfig | Mapping):
         super().__init__()
@@ -209,8 +162,15 @@ class VQGAN(nn.Module):
                                  "uint8 for 0..255 pixels; clamp(0, 1) after a resize that overshoots.")
         else:
             raise TypeError(f"images must be uint8 (0..255) or float in [0, 1]; got {x.dtype}")
-        x = x.to(self.device)
-        return x * 2 - 1 if self.config.pixel_range == "minus_one_to_one" else x
+        return self.to_model_range(x.to(self.device))
+
+    def to_model_range(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels -> the range the checkpoint was trained on."""
+        return images * 2 - 1 if self.config.pixel_range == "minus_one_to_one" else images
+
+    def to_unit_range(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> [0, 1] pixels, clipped."""
+        return ((x + 1) / 2 if self.config.pixel_range == "minus_one_to_one" else x).clamp(0, 1)
 
     def _check_codes(self, codes) -> torch.Tensor:
         codes, n = torch.as_tensor(codes), self.config.codes_per_image
@@ -244,7 +204,7 @@ class VQGAN(nn.Module):
             shape = (codes.shape[0], g, g, self.config.embed_dim)
             z = self.quantize.get_codebook_entry(codes.reshape(-1), shape=shape)
             x = self.decoder(self.post_quant_conv(z))
-        x = ((x + 1) / 2 if self.config.pixel_range == "minus_one_to_one" else x).clamp(0, 1)
+        x = self.to_unit_range(x)
         return (x * 255).round().to(torch.uint8) if output == "uint8" else x
 
     @classmethod
@@ -257,25 +217,8 @@ class VQGAN(nn.Module):
         load_strict(model, taming_state_dict(path), str(path))
         return model
 
-    # The hub functions live in vqgan_hub.py (they import this module, hence the local imports).
-    @classmethod
-    def from_pretrained(cls, name_or_path, **kwargs) -> "VQGAN":
-        """From a directory or hub repo (ours, vqgan-jax Flax or taming); see `vqgan_hub.load_pretrained`."""
-        from .vqgan_hub import load_pretrained
-
-        return load_pretrained(name_or_path, **kwargs)
-
-    def save_pretrained(self, directory, **kwargs):
-        """config.json + model.safetensors + model card; see `vqgan_hub.save_pretrained`."""
-        from .vqgan_hub import save_pretrained
-
-        return save_pretrained(self, directory, **kwargs)
-
-    def push_to_hub(self, repo_id: str, **kwargs):
-        """Save and upload as one commit; see `vqgan_hub.push_to_hub`."""
-        from .vqgan_hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+    def model_card(self, name: str, dtype: str) -> str:
+        return vqgan_card(self, name, dtype)
 
     def save_safetensors(self, path) -> None:
         save_file(self.state_dict(), str(path), metadata={"config": json.dumps(self.config.to_dict())})

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build ./.venv-mindalle: min-dalle 0.4.11 (kuprel's PyTorch port of DALL·E mini/mega), the PyTorch speed
-# peer that `python -m dalle_mini_pt.bench --sections mindalle` runs through benchmarks/min_dalle_runner.py.
+# peer that `python benchmarks/bench.py --sections mindalle` runs through benchmarks/min_dalle_runner.py.
 # torch is pinned in the same pip command as min-dalle: its metadata asks for an unpinned torch, which would
 # pull a multi-GB CUDA build instead of the CPU wheel ours uses (same torch, so the comparison is the code's).
 set -euo pipefail

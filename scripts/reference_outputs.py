@@ -33,10 +33,12 @@ import jax  # noqa: E402
 jax.experimental.PartitionSpec = jax.sharding.PartitionSpec  # dalle-mini 0.1.5 predates jax.sharding
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from dalle_mini.model import (  # noqa: E402
+    DalleBart,
+    DalleBartConfig,
+    modeling,  # noqa: E402
+)
 from flax.traverse_util import flatten_dict, unflatten_dict  # noqa: E402
-
-from dalle_mini.model import DalleBart, DalleBartConfig  # noqa: E402
-from dalle_mini.model import modeling  # noqa: E402
 
 BASE = dict(encoder_vocab_size=64, image_vocab_size=40, image_length=16, max_text_length=16, d_model=32,
             encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,

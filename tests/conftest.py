@@ -4,10 +4,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import dalle_mini_pt  # noqa: E402,F401  (patches torchvision before anything imports it)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import dalle_mini_pt  # noqa: E402,F401  (patches torchvision before anything imports it)
 from dalle_mini_pt.config import DalleBartConfig  # noqa: E402
 from dalle_mini_pt.data import tiny_dataset  # noqa: E402
 

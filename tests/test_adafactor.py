@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers.optimization import Adafactor as HFAdafactor
 
-from dalle_mini_pt.adafactor import Adafactor
+from dalle_mini_pt.training.adafactor import Adafactor
 
 
 def _train(optimizer_cls, steps=5, **kwargs):

@@ -119,13 +119,13 @@ def test_too_small_vocabulary_is_an_error():
 
 def test_unknown_model_name_lists_available_models():
     with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Q-99'") as err:
-        ClipScorer.from_pretrained("ViT-Q-99", pretrained=None)
+        ClipScorer.from_open_clip("ViT-Q-99", pretrained=None)
     assert "ViT-B-32" in str(err.value) and "ViT-L-14" in str(err.value)
 
 
 def test_unknown_tag_lists_available_tags():
     with pytest.raises(ValueError, match="unknown pretrained tag 'not-a-tag'") as err:
-        ClipScorer.from_pretrained("ViT-B-32", pretrained="not-a-tag")
+        ClipScorer.from_open_clip("ViT-B-32", pretrained="not-a-tag")
     assert "openai" in str(err.value) and "laion2b_s34b_b79k" in str(err.value)
 
 

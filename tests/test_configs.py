@@ -5,11 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import compose_train
 from hydra.utils import instantiate
 
 from dalle_mini_pt.train import CONFIG_DIR, build, check_compatible, instantiate_group
-
-from conftest import compose_train
 
 EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml"))
 

@@ -1,17 +1,16 @@
 import json
 
 import torch
+from conftest import tiny_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from dalle_mini_pt.data.shapes import make_split
 from dalle_mini_pt.data.tiny_dataset import train_tokenizer
-from dalle_mini_pt.evaluate import main
 from dalle_mini_pt.model import DalleBart
+from dalle_mini_pt.shapes.evaluate import main
+from dalle_mini_pt.shapes.scenes import make_split
 from dalle_mini_pt.tokenizer import TextTokenizer
 from dalle_mini_pt.train import CONFIG_DIR
-
-from conftest import tiny_config
 
 
 def test_evaluate_writes_the_report_and_grids(tmp_path):
@@ -22,7 +21,7 @@ def test_evaluate_writes_the_report_and_grids(tmp_path):
     DalleBart(tiny_config(image_length=256, image_vocab_size=32)).save_pretrained(tmp_path / "model",
                                                                                   tokenizer=tokenizer)
     instantiate(OmegaConf.load(f"{CONFIG_DIR}/vqgan/tiny.yaml")).save_pretrained(tmp_path / "vqgan")
-    instantiate(OmegaConf.load(f"{CONFIG_DIR}/clip/tiny.yaml")).save(tmp_path / "clip")
+    instantiate(OmegaConf.load(f"{CONFIG_DIR}/clip/tiny.yaml")).save_pretrained(tmp_path / "clip")
     report = main(["--model", str(tmp_path / "model"), "--vqgan", str(tmp_path / "vqgan"), "--clip",
                    str(tmp_path / "clip"), "--out", str(tmp_path / "eval"), "--prompts", "3", "--num-images", "2",
                    "--top-k", "8"])

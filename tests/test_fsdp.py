@@ -5,12 +5,11 @@ import math
 
 import pytest
 import torch
+from conftest import compose_train
 from hydra.utils import instantiate
 from pytorch_lightning.strategies import FSDPStrategy
 
 from dalle_mini_pt.layers import DecoderLayer, EncoderLayer
-
-from conftest import compose_train
 
 GPUS = 8
 GIB = 2 ** 30
@@ -53,7 +52,7 @@ def test_mega_fsdp_config_shards_one_unit_per_layer(tmp_path, capsys):
             (f"sharded, per device (/{GPUS})", f"{per_device / 4 / 1e6:.1f} M", f"{per_device / GIB:.2f} GiB"),
             ("+ gradients (fp32 shards)", "", f"{per_device / GIB:.2f} GiB"),
             ("+ largest unit gathered (bf16)", f"{largest / 1e6:.1f} M", f"{largest * 2 / GIB:.2f} GiB"),
-            (f"FSDP units", f"{layers} layers + root", f"root {units['<root>'] / 1e6:.1f} M params")]
+            ("FSDP units", f"{layers} layers + root", f"root {units['<root>'] / 1e6:.1f} M params")]
     with capsys.disabled():
         print(f"\ndalle-mega, trainer=fsdp, {GPUS} GPUs, FULL_SHARD, fp32 parameters")
         for label, count, size in rows:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_train, tiny_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
@@ -13,8 +14,6 @@ from dalle_mini_pt.generate import main
 from dalle_mini_pt.model import DalleBart
 from dalle_mini_pt.tokenizer import TextTokenizer
 from dalle_mini_pt.train import CONFIG_DIR, train
-
-from conftest import compose_train, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

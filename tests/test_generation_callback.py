@@ -1,11 +1,10 @@
 import csv
 
 import pytest
+from conftest import compose_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dalle_mini_pt.train import train
-
-from conftest import compose_train
 
 
 def losses(run_dir):

@@ -7,16 +7,16 @@ import re
 import msgpack
 import pytest
 import torch
+from conftest import VARIANTS, compose_train, tiny_config
 from huggingface_hub import constants
+from local_hub import COMMIT, LocalHub
 from safetensors.torch import load_file, save_file
 
 from dalle_mini_pt import DalleBart
 from dalle_mini_pt.export import main as export_main
-from dalle_mini_pt.hub import converted_cache_dir, load_tokenizer
+from dalle_mini_pt.hub.files import converted_cache_dir
+from dalle_mini_pt.tokenizer import load_tokenizer
 from dalle_mini_pt.train import train
-
-from conftest import VARIANTS, compose_train, tiny_config
-from local_hub import COMMIT, LocalHub
 
 
 def tiny_inputs(config, seed=0):

@@ -1,15 +1,13 @@
 import pytest
 import torch
+from conftest import VARIANTS, tiny_config
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from transformers import BartConfig, BartModel
 
-from dalle_mini_pt.bart_encoder import build_dallebart
 from dalle_mini_pt.config import DalleBartConfig
-from dalle_mini_pt.model import DalleBart
+from dalle_mini_pt.model import DalleBart, build_dallebart
 from dalle_mini_pt.train import CONFIG_DIR
-
-from conftest import VARIANTS, tiny_config
 
 
 def model_config(name: str) -> DalleBartConfig:

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
@@ -10,8 +11,6 @@ from dalle_mini_pt.pipeline import DalleMiniPipeline
 from dalle_mini_pt.text_normalizer import TextNormalizer
 from dalle_mini_pt.tokenizer import TextTokenizer
 from dalle_mini_pt.train import CONFIG_DIR
-
-from conftest import tiny_config
 
 
 def component(group: str, name: str):

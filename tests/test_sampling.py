@@ -1,10 +1,9 @@
 import pytest
 import torch
+from conftest import VARIANTS, tiny_config
 
 from dalle_mini_pt.model import DalleBart
 from dalle_mini_pt.sampling import apply_warpers, gumbel_noise
-
-from conftest import VARIANTS, tiny_config
 
 
 def tiny_model(variant="normformer", seed=0, sharpen=True):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dalle_mini_pt.schedules import lr_factor, warmup_schedule
+from dalle_mini_pt.training.optimization import lr_factor, warmup_schedule
 
 
 def test_warmup_then_each_decay():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dalle_mini_pt.data.shapes import (HELD_OUT, Scene, judge, make_split, measure, parse_caption, render,
-                                       split_scenes)
+from dalle_mini_pt.shapes.judge import judge, measure, parse_caption
+from dalle_mini_pt.shapes.scenes import HELD_OUT, Scene, make_split, render, split_scenes
 
 
 def test_the_judge_is_right_on_the_datasets_own_renders():
@@ -45,7 +45,7 @@ def test_splits_captions_and_determinism():
 
 def test_folder_export_feeds_the_encoder_tool(tmp_path):
     from dalle_mini_pt.data.image_sources import FolderSource
-    from dalle_mini_pt.data.shapes import write_folder
+    from dalle_mini_pt.shapes.scenes import write_folder
 
     write_folder(tmp_path / "scenes", "heldout", 6, seed=1)
     source = FolderSource(tmp_path / "scenes")

@@ -105,7 +105,7 @@ def test_a_stage_fingerprint_follows_its_experiment_file():
     """Editing conf/experiment/shapes_*.yaml must redo the stage, not only changing its command line."""
     from omegaconf import OmegaConf
 
-    from dalle_mini_pt.shapes_pipeline import train_spec
+    from dalle_mini_pt.shapes.stages import train_spec
 
     steps = OmegaConf.load(ROOT / "conf" / "experiment" / "shapes_vqgan.yaml").trainer.max_steps
     assert f"max_steps: {steps}" in train_spec(["+experiment=shapes_vqgan"])["config"]

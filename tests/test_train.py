@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_train
 from transformers import BartConfig, BartModel
 
 from dalle_mini_pt.train import train
-
-from conftest import compose_train
 
 ROOT = Path(__file__).resolve().parent.parent
 

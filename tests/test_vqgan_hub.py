@@ -9,16 +9,15 @@ import pytest
 import torch
 import yaml
 from huggingface_hub import constants
+from local_hub import COMMIT, LocalHub
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
+from test_vqgan import CONF, random_codes
 
 import dalle_mini_pt  # noqa: F401  (patches torchvision before taming imports it)
-from dalle_mini_pt.hub import converted_cache_dir
+from dalle_mini_pt.hub.files import converted_cache_dir
 from dalle_mini_pt.pipeline import load_vqgan
 from dalle_mini_pt.vqgan import VQGAN, VQGANConfig
-
-from local_hub import COMMIT, LocalHub
-from test_vqgan import CONF, random_codes
 
 
 def tiny_vqgan(seed=0, **changes) -> VQGAN:

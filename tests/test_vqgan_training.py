@@ -1,11 +1,10 @@
 import numpy as np
 import torch
+from conftest import compose_train
 
-from dalle_mini_pt.data.shapes import make_split
+from dalle_mini_pt.shapes.scenes import make_split
 from dalle_mini_pt.train import train
 from dalle_mini_pt.vqgan import VQGAN
-
-from conftest import compose_train
 
 
 def test_vqgan_stage_learns_and_saves_a_loadable_vqgan(tmp_path):

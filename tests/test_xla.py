@@ -12,18 +12,16 @@ import pytest
 pytest.importorskip("torch_xla", reason="torch_xla is not installed (bash scripts/xla_env.sh builds .venv-xla)")
 
 import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
 import torch_xla  # noqa: E402
 import torch_xla._internal.tpu as xla_tpu  # noqa: E402
 import torch_xla.core.xla_model as xm  # noqa: E402
 import torch_xla.debug.metrics as met  # noqa: E402
+from conftest import compose_train  # noqa: E402
 from pytorch_lightning.accelerators import XLAAccelerator  # noqa: E402
 
-from dalle_mini_pt.adafactor import Adafactor  # noqa: E402
 from dalle_mini_pt.tokenizer import TextTokenizer  # noqa: E402
 from dalle_mini_pt.train import build  # noqa: E402
-
-from conftest import compose_train  # noqa: E402
+from dalle_mini_pt.training.adafactor import Adafactor  # noqa: E402
 
 # Steps of each phase allowed to compile. Train: the first step, the second (optimizer state now exists),
 # and the first step after each of the first two validation runs / the first epoch boundary (Lightning's

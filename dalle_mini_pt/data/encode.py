@@ -29,10 +29,10 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..config_dir import CONFIG_DIR
 from ..vqgan import VQGAN
 from .image_sources import load_image, open_source
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent.parent / "conf")
 META_KEY = b"dalle_mini_pt.encode"
 
 

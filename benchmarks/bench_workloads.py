@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from dalle_mini_pt.sampling import GenerationConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -25,7 +27,7 @@ TRAIN_SIZES = {"mini": dict(d_model=768, encoder_layers=6, decoder_layers=6, enc
                "tiny": SIZES["tiny"]}
 # the matvec matrix is 1 GiB at mini size: bigger than any last-level cache
 FLOOR_SHAPES = {"mini": dict(matvec=(16384, 16384), gemm=2048), "tiny": dict(matvec=(2048, 4096), gemm=512)}
-SAMPLING = dict(top_k=256, temperature=1.0, condition_scale=16.0)  # min-dalle's defaults
+SAMPLING = GenerationConfig(top_k=256, condition_scale=16.0, seed=0)  # min-dalle's defaults
 PROMPT = [0, *range(100, 110), 2]  # <s> ten tokens </s>
 UNCOND = [0, 2]  # the tokenised empty prompt
 
@@ -34,7 +36,7 @@ UNCOND = [0, 2]  # the tokenised empty prompt
 def model_config(**overrides):
     from omegaconf import OmegaConf
 
-    from .config import DalleBartConfig
+    from dalle_mini_pt.config import DalleBartConfig
 
     values = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "dalle_mini.yaml").net.config)
     values.pop("_target_")
@@ -78,7 +80,7 @@ def padded(tokens: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
 def decode_step_bytes(config, dtype: str) -> int:
     """Weight bytes one cached decoding step must read: the decoder layers less the cross-attention K/V
     projections (their outputs are cached per prompt), the final LayerNorm and the lm_head."""
-    from .model import ImageTokenDecoder
+    from dalle_mini_pt.model import ImageTokenDecoder
 
     with torch.device("meta"):
         decoder = ImageTokenDecoder(config)
@@ -127,7 +129,7 @@ def _best_time(fn, repeats: int) -> float:
 
 
 def measure_floors(size: str) -> dict:
-    from .huge_pages import on_huge_pages  # where `generate` puts weights
+    from dalle_mini_pt.huge_pages import on_huge_pages  # where `generate` puts weights
 
     (rows, cols), n = FLOOR_SHAPES[size]["matvec"], FLOOR_SHAPES[size]["gemm"]
     w, x = torch.empty(rows, cols).uniform_(-1, 1), torch.empty(cols).uniform_(-1, 1)
@@ -145,8 +147,8 @@ def measure_floors(size: str) -> dict:
 def step_matmul_seconds(config, dtype: str, batch: int) -> float:
     """One super-conditioned decoding step's matmuls alone, through the decoder's own Linear modules on
     weights placed as `generate` places them: what a step built on these kernels cannot beat."""
-    from .huge_pages import move_to_huge_pages
-    from .model import ImageTokenDecoder
+    from dalle_mini_pt.huge_pages import move_to_huge_pages
+    from dalle_mini_pt.model import ImageTokenDecoder
 
     with torch.device("meta"), default_dtype(DTYPES[dtype]):
         decoder = ImageTokenDecoder(config)
@@ -184,7 +186,7 @@ def add_floors(row: dict, floors: dict, config) -> None:
 def _sampling_setup(spec: dict, dtype: torch.dtype):
     """The row's model (seeded random weights, built in `dtype`), the prompt, and the unconditional prompt
     as `generate` keywords."""
-    from .model import DalleBart
+    from dalle_mini_pt.model import DalleBart
 
     torch.set_num_threads(spec["threads"])
     config = generation_config(spec["size"], spec["steps"])
@@ -193,17 +195,17 @@ def _sampling_setup(spec: dict, dtype: torch.dtype):
         model = DalleBart(config).eval()
     ids, mask = padded(PROMPT, config.max_text_length)
     uncond_ids, uncond_mask = padded(UNCOND, config.max_text_length)
-    return model, ids, mask, dict(uncond_input_ids=uncond_ids, uncond_attention_mask=uncond_mask, seed=0)
+    return model, ids, mask, dict(uncond_input_ids=uncond_ids, uncond_attention_mask=uncond_mask)
 
 
 def generation_worker(spec: dict) -> dict:
-    from .sampling import generate
+    from dalle_mini_pt.sampling import generate
 
     before_model = rss_mb("VmRSS")  # the imports' share of the peak
     model, ids, mask, common = _sampling_setup(spec, DTYPES[spec["dtype"]])
 
     def run():
-        return generate(model, ids, mask, num_images=spec["batch"], **common, **SAMPLING)
+        return generate(model, ids, mask, SAMPLING, num_images=spec["batch"], **common)
 
     for _ in range(spec["warmup"]):
         run()
@@ -217,18 +219,18 @@ def generation_worker(spec: dict) -> dict:
 
 def agreement_worker(spec: dict) -> dict:
     """bf16 greedy codes against fp32's on the same weights, one super-conditioned image."""
-    from .sampling import generate
+    from dalle_mini_pt.sampling import generate
 
     model, ids, mask, common = _sampling_setup(spec, torch.float32)
     config = model.config
-    common["condition_scale"] = SAMPLING["condition_scale"]
-    reference = generate(model, ids, mask, top_k=1, **common)[0]
+    greedy = SAMPLING.replace(top_k=1)
+    reference = generate(model, ids, mask, greedy, **common)[0]
     model.to(torch.bfloat16)
-    free = generate(model, ids, mask, top_k=1, **common)[0]
+    free = generate(model, ids, mask, greedy, **common)[0]
     # infinite noise on fp32's code makes the sampler draw it, whatever the bf16 logits say
     noise = torch.zeros(config.image_length, 1, config.image_rows)
     noise[torch.arange(config.image_length), 0, reference] = float("inf")
-    _, logits = generate(model, ids, mask, noise=noise, return_logits=True, **common)
+    _, logits = generate(model, ids, mask, greedy, noise=noise, return_logits=True, **common)
     forced = logits[0, :, :config.codebook_size].argmax(-1)
     differs = (free != reference).nonzero()
     return {"steps": config.image_length, "forced_agreement": (forced == reference).float().mean().item(),
@@ -240,8 +242,8 @@ def min_dalle_spec(config, spec: dict) -> dict:
     """Our config as min-dalle's constructor arguments, plus the workload."""
     common = dict(layer_count=config.decoder_layers, embed_count=config.d_model,
                   attention_head_count=config.decoder_attention_heads, glu_embed_count=config.decoder_ffn_dim)
-    return {**spec, "prompt": PROMPT, "temperature": SAMPLING["temperature"], "top_k": SAMPLING["top_k"],
-            "supercondition_factor": SAMPLING["condition_scale"],
+    return {**spec, "prompt": PROMPT, "temperature": SAMPLING.temperature, "top_k": SAMPLING.top_k,
+            "supercondition_factor": SAMPLING.condition_scale,
             "encoder": dict(common, text_vocab_count=config.encoder_vocab_size,
                             text_token_count=config.max_text_length),
             "decoder": dict(common, image_vocab_count=config.image_vocab_size)}
@@ -259,14 +261,14 @@ def training_worker(spec: dict) -> dict:
 
     from hydra.utils import instantiate
 
-    from .lit_module import DalleMiniModule
-    from .model import DalleBart
+    from dalle_mini_pt.model import DalleBart
+    from dalle_mini_pt.training.dallebart_module import DalleBartModule
 
     warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached: logging is a no-op
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     config = model_config(**TRAIN_SIZES[spec["size"]])
-    module = DalleMiniModule(DalleBart(config), optimizer=instantiate(_adafactor_conf()))
+    module = DalleBartModule(DalleBart(config), optimizer=instantiate(_adafactor_conf()))
     optimizer = module.configure_optimizers()
     ids = torch.randint(3, config.encoder_vocab_size, (spec["batch"], config.max_text_length))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),

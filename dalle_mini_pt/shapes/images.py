@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .shapes import RESOLUTION, make_split
+from .scenes import RESOLUTION, make_split
 
 
 class ShapeImages(Dataset):

@@ -17,25 +17,53 @@ import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from .image_grid import caption_grid
-from .pipeline import DalleMiniPipeline
-from .tokenizer import TextTokenizer
+from ..image_grid import caption_grid
+from ..pipeline import DalleMiniPipeline
+from ..sampling import GenerationConfig
+from ..tokenizer import TextTokenizer
+
+
+def _tensorboard(logger, grid, captions: str, step: int) -> None:
+    logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+    logger.experiment.add_text("samples/clip_scores", captions, step)
+
+
+def _wandb(logger, grid, captions: str, step: int) -> None:
+    logger.log_image(key="samples", images=[grid], caption=[captions], step=step)
+
+
+def _png(logger, grid, captions: str, step: int) -> None:
+    out = Path(logger.log_dir) / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    grid.save(out / f"step_{step:07d}.png")
+    (out / f"step_{step:07d}.txt").write_text(captions + "\n")
+
+
+# how each logger takes an image; a logger of none of these types (a subclass counts) gets nothing
+IMAGE_WRITERS = {TensorBoardLogger: _tensorboard, WandbLogger: _wandb, CSVLogger: _png}
+
+
+def image_writer(logger):
+    return next((write for kind, write in IMAGE_WRITERS.items() if isinstance(logger, kind)), None)
 
 
 class GenerationCallback(pl.Callback):
+    """`sampling` holds `GenerationConfig` options by name (the config lists only those it changes)."""
+
     def __init__(self, prompts: Sequence[str], vqgan, clip=None, tokenizer: Optional[str] = None,
-                 every_n_steps: Optional[int] = None, on_validation_end: bool = True, num_images: int = 4,
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, temperature: float = 1.0,
-                 condition_scale: float = 3.0, seed: int = 0, clip_top_n: Optional[int] = None, scale: int = 1):
+                 every_n_steps: Optional[int] = None, on_validation_end: bool = True,
+                 clip_top_n: Optional[int] = None, scale: int = 1, **sampling):
         if not prompts:
             raise ValueError("callbacks.generation.prompts is empty: list the prompts to sample")
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"callbacks.generation.every_n_steps={every_n_steps} must be >= 1 (or null)")
         self.prompts, self.vqgan, self.clip, self.tokenizer_path = list(prompts), vqgan, clip, tokenizer
         self.every_n_steps, self.at_validation_end = every_n_steps, on_validation_end
-        self.sampling = dict(num_images=num_images, top_k=top_k, top_p=top_p, temperature=temperature,
-                             condition_scale=condition_scale, seed=seed, clip_top_n=clip_top_n, progress=False)
-        self.scale = scale
+        try:
+            self.sampling = GenerationConfig(**sampling)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"callbacks.generation: {err}") from err
+        self.clip_top_n, self.scale = clip_top_n, scale
         self._last_step = -1
 
     def _tokenizer(self, trainer, pl_module) -> TextTokenizer:
@@ -67,25 +95,14 @@ class GenerationCallback(pl.Callback):
                 if self.clip is not None:
                     self.clip.to(pl_module.device)
                 pipe = DalleMiniPipeline(pl_module.net, self._tokenizer(trainer, pl_module), self.vqgan, self.clip)
-                results = pipe(self.prompts, **self.sampling)
+                results = pipe(self.prompts, self.sampling, clip_top_n=self.clip_top_n, progress=False)
         finally:
             pl_module.train(was_training)
         labels = [[f"{s:.2f}" for s in r.scores] for r in results] if self.clip is not None else None
         grid = caption_grid([r.images for r in results], self.prompts, labels, scale=self.scale)
-        self._log(trainer, grid, results)
-
-    def _log(self, trainer, grid, results) -> None:
-        step = trainer.global_step
         captions = "\n".join(f"{r.prompt}: " + (", ".join(f"{s:.2f}" for s in r.scores) if r.scores else "")
                              for r in results)
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")
-                logger.experiment.add_text("samples/clip_scores", captions, step)
-            elif isinstance(logger, WandbLogger):
-                logger.log_image(key="samples", images=[grid], caption=[captions], step=step)
-            elif isinstance(logger, CSVLogger):
-                out = Path(logger.log_dir) / "samples"
-                out.mkdir(parents=True, exist_ok=True)
-                grid.save(out / f"step_{step:07d}.png")
-                (out / f"step_{step:07d}.txt").write_text(captions + "\n")
+            write = image_writer(logger)
+            if write is not None:
+                write(logger, grid, captions, trainer.global_step)

@@ -1,7 +1,7 @@
 """Speed of generation and training, against min-dalle, the JAX reference and the machine's own floors.
 
-    python -m dalle_mini_pt.bench --json bench.json          # mini (0.44 B), every section, 256 codes
-    python -m dalle_mini_pt.bench --size tiny --steps 8      # seconds: the CI smoke run
+    python benchmarks/bench.py --json bench.json          # mini (0.44 B), every section, 256 codes
+    python benchmarks/bench.py --size tiny --steps 8      # seconds: the CI smoke run
 
 Sections (`--sections`, default all):
   generate  our sampler (`sampling.generate`), super-conditioned, random weights: s/image, codes/s, peak RSS
@@ -36,10 +36,20 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-
-from .bench_workloads import (DTYPES, ROOT, SIZES, TRAIN_SIZES, WORKERS, add_floors, generation_config,
-                              measure_floors, min_dalle_spec, model_config, reference_train_spec,
-                              train_flops)
+from bench_workloads import (
+    DTYPES,
+    ROOT,
+    SIZES,
+    TRAIN_SIZES,
+    WORKERS,
+    add_floors,
+    generation_config,
+    measure_floors,
+    min_dalle_spec,
+    model_config,
+    reference_train_spec,
+    train_flops,
+)
 
 SECTIONS = ("generate", "mindalle", "agreement", "floors", "train", "train-jax")
 
@@ -60,7 +70,7 @@ def run_child(cmd: list[str], threads: int, timeout: float = 3600) -> dict:
 
 
 def _worker(kind: str, spec: dict) -> list[str]:
-    return [sys.executable, "-m", "dalle_mini_pt.bench", "--worker", kind, "--spec", json.dumps(spec)]
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--spec", json.dumps(spec)]
 
 
 # ---------------------------------------------------------------- orchestration
@@ -211,7 +221,7 @@ def markdown(result: dict) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m dalle_mini_pt.bench", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 2)[2])
     p.add_argument("--size", choices=sorted(SIZES), default="mini")

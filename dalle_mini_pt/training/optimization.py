@@ -1,13 +1,25 @@
-"""Learning-rate schedules of the reference recipe: linear warmup, then constant or a decay."""
+"""What the optimizer steps: parameter groups (decay on matrices only), and the learning-rate schedules of the
+reference recipe (linear warmup, then constant or a decay), as `configure_optimizers` output."""
 
 from __future__ import annotations
 
 import math
 
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 DECAYS = ("constant", "linear", "cosine", "exponential")
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """Decay matrices only: biases, LayerNorms and head scales are excluded, as in the reference's AdamW.
+    The first group takes the optimizer's own weight_decay (from `conf/optimizer`)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "head_scale" not in name else no_decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, decay: str = "constant",

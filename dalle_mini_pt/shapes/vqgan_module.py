@@ -13,10 +13,16 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from .vqgan import VQGAN
-from .schedules import lightning_optimizers
+from ..training.optimization import lightning_optimizers
+from ..vqgan import VQGAN
 
 RECON_LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+
+
+def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) per image of [0, 1] pixels, (B,): what the VQGAN stage logs and the evaluation reports."""
+    mse = ((reconstructions - images) ** 2).flatten(1).mean(1).clamp(min=1e-10)
+    return 10 * torch.log10(1.0 / mse)
 
 
 class VQGANModule(pl.LightningModule):
@@ -41,12 +47,6 @@ class VQGANModule(pl.LightningModule):
         self.register_buffer("train_hits", torch.zeros(n_embed, dtype=torch.long), persistent=False)
         self.register_buffer("val_hits", torch.zeros(n_embed, dtype=torch.long), persistent=False)
 
-    def _to_model_range(self, images: torch.Tensor) -> torch.Tensor:
-        return images * 2 - 1 if self.vqgan.config.pixel_range == "minus_one_to_one" else images
-
-    def _to_unit_range(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x + 1) / 2 if self.vqgan.config.pixel_range == "minus_one_to_one" else x).clamp(0, 1)
-
     def reconstruct(self, x: torch.Tensor):
         """Differentiable encode → quantize → decode (the wrapper's encode/decode build no graph).
         x in the model's pixel range -> (reconstruction, codebook loss, pre-quantisation latents, codes)."""
@@ -56,7 +56,7 @@ class VQGANModule(pl.LightningModule):
         return vq.decoder(vq.post_quant_conv(z_q)), codebook_loss, z, codes.reshape(-1)
 
     def _losses(self, images: torch.Tensor):
-        x = self._to_model_range(images)
+        x = self.vqgan.to_model_range(images)
         rec, codebook_loss, z, codes = self.reconstruct(x)
         recon = self.recon_loss(rec, x)
         return recon + self.codebook_weight * codebook_loss, recon, codebook_loss, rec, z, codes
@@ -87,11 +87,9 @@ class VQGANModule(pl.LightningModule):
         images = batch["images"]
         loss, _, _, rec, _, codes = self._losses(images)
         self.val_hits += torch.bincount(codes, minlength=len(self.val_hits))
-        # PSNR per image on [0, 1] pixels, then averaged, as evaluate.psnr reports it
-        mse = ((self._to_unit_range(rec) - images) ** 2).flatten(1).mean(1).clamp(min=1e-10)
         n = len(images)
         self.log("val/loss", loss, batch_size=n)
-        self.log("val/psnr", (10 * torch.log10(1.0 / mse)).mean(), prog_bar=True, batch_size=n)
+        self.log("val/psnr", psnr(images, self.vqgan.to_unit_range(rec)).mean(), prog_bar=True, batch_size=n)
 
     def on_validation_epoch_end(self) -> None:
         # the fraction of the codebook the validation scenes use: dead codes are the usual VQGAN failure
@@ -99,7 +97,8 @@ class VQGANModule(pl.LightningModule):
         self.val_hits.zero_()
 
     def configure_optimizers(self):
-        return lightning_optimizers(self, [p for p in self.vqgan.parameters() if p.requires_grad], self.optimizer_factory, self.scheduler_factory)
+        return lightning_optimizers(self, [p for p in self.vqgan.parameters() if p.requires_grad],
+                                    self.optimizer_factory, self.scheduler_factory)
 
     def on_train_end(self) -> None:
         if self.save_dir and self.trainer.is_global_zero:

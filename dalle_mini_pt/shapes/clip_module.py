@@ -10,8 +10,8 @@ import pytorch_lightning as pl
 import torch
 from open_clip.loss import ClipLoss
 
-from .clip_scorer import ClipScorer
-from .schedules import lightning_optimizers
+from ..clip_scorer import ClipScorer
+from ..training.optimization import lightning_optimizers
 
 
 class ClipModule(pl.LightningModule):
@@ -46,8 +46,9 @@ class ClipModule(pl.LightningModule):
         self.log("val/retrieval_top1", sum(hits) / n, prog_bar=True, batch_size=n)
 
     def configure_optimizers(self):
-        return lightning_optimizers(self, [p for p in self.scorer.parameters() if p.requires_grad], self.optimizer_factory, self.scheduler_factory)
+        return lightning_optimizers(self, [p for p in self.scorer.parameters() if p.requires_grad],
+                                    self.optimizer_factory, self.scheduler_factory)
 
     def on_train_end(self) -> None:
         if self.save_dir and self.trainer.is_global_zero:
-            self.scorer.save(Path(self.save_dir))
+            self.scorer.save_pretrained(Path(self.save_dir))

@@ -1,4 +1,5 @@
-"""The LightningModule: caption tokens + image codes -> loss, with the optimizer and schedule from Hydra."""
+"""The DalleBart LightningModule: caption tokens + image codes -> loss, with the optimizer and schedule from
+Hydra."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ from typing import Any, Callable, Optional
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
-from .config import DalleBartConfig
-from .model import DalleBart
-from .schedules import lightning_optimizers
+from ..config import DalleBartConfig
+from ..hub.lightning import CONFIG_KEY
+from ..model import DalleBart
+from .optimization import lightning_optimizers, param_groups
 
 
 def batch_size(batch: dict) -> int:
@@ -22,17 +23,7 @@ def batch_image_tokens(batch: dict) -> int:
     return batch["labels"].numel()
 
 
-def param_groups(model: nn.Module) -> list[dict]:
-    """Decay matrices only: biases, LayerNorms and head scales are excluded, as in the reference's AdamW.
-    The first group takes the optimizer's own weight_decay (from `conf/optimizer`)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and "head_scale" not in name else no_decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-class DalleMiniModule(pl.LightningModule):
+class DalleBartModule(pl.LightningModule):
     def __init__(
         self,
         net: DalleBart,
@@ -80,5 +71,5 @@ class DalleMiniModule(pl.LightningModule):
         return lightning_optimizers(self, param_groups(self.net), self.optimizer_factory, self.scheduler_factory)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # lets export tools rebuild the network from a Lightning checkpoint alone
-        checkpoint["dallebart_config"] = self.config.to_dict()
+        # lets DalleBart.from_pretrained rebuild the network from a Lightning checkpoint alone (hub/lightning.py)
+        checkpoint[CONFIG_KEY] = self.config.to_dict()

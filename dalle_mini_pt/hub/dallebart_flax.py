@@ -1,94 +1,29 @@
-"""Flax `flax_model.msgpack` checkpoints of the reference → DalleBart state dicts, without jax or flax.
+"""The reference's DalleBart checkpoints (`config.json` + `flax_model.msgpack`) as our config and tensors.
 
-Reads flax's msgpack format with the `msgpack` package alone (ext type 1 = ndarray as (shape, dtype name,
-bytes), 2 = complex scalar, 3 = numpy scalar; arrays over 1 GiB are split into `__msgpack_chunked_array__`
-dicts) and maps two parameter layouts onto our module names:
+Two parameter layouts map onto our module names:
 
 * DalleBart (dalle-mini 0.1.5: `dalle-mini/dalle-mini`, `dalle-mini/dalle-mega`), whose layers carry Flax
   auto-names (`LayerNorm_k`, `FlaxBartAttention_k`, `GLU_0/Dense_k`) and are either scanned
   (`FlaxBartEncoderLayers`, leading layer axis) or unscanned (`FlaxBartEncoderLayer_{i}`);
-* the 2021 HF-FlaxBart layout of `flax-community/dalle-mini` (`self_attn_layer_norm`, `fc1`, `shared`, …);
-* vqgan-jax's VQGAN (`dalle-mini/vqgan_imagenet_f16_16384`) onto taming's state-dict names.
+* the 2021 HF-FlaxBart layout of `flax-community/dalle-mini` (`self_attn_layer_norm`, `fc1`, `shared`, …).
 
-Dense kernels are [in, out] and become Linear weights [out, in]; conv kernels are HWIO and become OIHW;
-Flax LayerNorm/GroupNorm `scale` is our `weight`.
+Dense kernels are [in, out] and become Linear weights [out, in]; Flax LayerNorm `scale` is our `weight`.
+The config comes back as a dict of `DalleBartConfig` values; the class checks it.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any, Iterator
 
-import msgpack
-import numpy as np
 import torch
 
-from .config import DalleBartConfig
+from .files import CONFIG_NAME, FLAX_WEIGHTS_NAME, load_config_json
+from .flax_msgpack import PARAM, read_flax_msgpack
+from .mixin import Layout
 
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                 "float64": torch.float64, "int32": torch.int32, "int64": torch.int64, "int8": torch.int8,
-                 "uint8": torch.uint8, "bool": torch.bool}
 # the 2021 model was trained on prompts padded to 128 tokens (its config.json does not record it)
 TEXT_LENGTH_2021 = 128
-
-
-def _array(data: bytes) -> torch.Tensor:
-    shape, dtype_name, buffer = msgpack.unpackb(data, raw=True)
-    name = dtype_name.decode()
-    if name not in _TORCH_DTYPES:
-        raise ValueError(f"unsupported array dtype {name!r}")
-    if name == "bfloat16":  # numpy has no bfloat16: reinterpret the raw 16-bit words
-        return torch.from_numpy(np.frombuffer(buffer, np.uint16).copy()).view(torch.bfloat16).reshape(shape)
-    return torch.from_numpy(np.frombuffer(buffer, np.dtype(name)).copy()).reshape(shape)
-
-
-def _ext_hook(code: int, data: bytes) -> Any:
-    if code == 1:
-        return _array(data)
-    if code == 2:
-        real, imag = msgpack.unpackb(data)
-        return complex(real, imag)
-    if code == 3:
-        return _array(data).item()
-    raise ValueError(f"unknown msgpack extension type {code}")
-
-
-def _unchunk(node: dict) -> torch.Tensor:
-    chunks = [node["chunks"][str(i)] for i in range(len(node["chunks"]))]
-    shape = [node["shape"][str(i)] for i in range(len(node["shape"]))]
-    return torch.cat([c.reshape(-1) for c in chunks]).reshape(shape)
-
-
-def _flatten(tree: dict, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and "__msgpack_chunked_array__" in value:
-            yield path, _unchunk(value)
-        elif isinstance(value, dict):
-            yield from _flatten(value, path + "/")
-        else:
-            yield path, value
-
-
-def read_flax_msgpack(path) -> dict[str, torch.Tensor]:
-    """Flat {"model/encoder/…/kernel": tensor} from a flax `to_bytes`/`msgpack_serialize` file."""
-    data = Path(path).read_bytes()
-    try:
-        tree = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False)
-    except (ValueError, msgpack.UnpackException) as err:
-        raise ValueError(f"{path}: not a complete flax msgpack file ({len(data)} bytes; truncated or "
-                         f"corrupt: {err}). Download it again.") from err
-    if not isinstance(tree, dict):
-        raise ValueError(f"{path}: holds a {type(tree).__name__}, not a flax parameter tree")
-    tree = tree.get("params", tree)  # some tools save {"params": …}
-    flat = dict(_flatten(tree))
-    bad = [k for k, v in flat.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"{path}: entries {bad[:5]} are not arrays; this is not a parameter checkpoint")
-    return flat
-
 
 # --- DalleBart (2022) layout --------------------------------------------------------------------------
 
@@ -105,7 +40,6 @@ def _layer_norm_slots(ln_positions: str, decoder: bool) -> list[str]:
     return slots
 
 
-_PARAM = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding": "weight"}
 _FFN_DENSE = {"GLU_0": ("fc0", "fc1", "fc2"), "FFN_0": ("fc1", "fc2")}
 
 
@@ -114,15 +48,15 @@ def _layer_key(sub: str, slots: list[str]) -> str:
     parts = sub.split("/")
     if parts[0].startswith("FlaxBartAttention_") and len(parts) in (2, 3):
         attn = ("self_attn", "cross_attn")[int(parts[0].rsplit("_", 1)[1])]
-        return f"{attn}.head_scale" if parts[1] == "head_scale" else f"{attn}.{parts[1]}.{_PARAM[parts[2]]}"
+        return f"{attn}.head_scale" if parts[1] == "head_scale" else f"{attn}.{parts[1]}.{PARAM[parts[2]]}"
     if parts[0].startswith("LayerNorm_") and len(parts) == 2:
-        return f"{slots[int(parts[0][10:])]}.{_PARAM[parts[1]]}"
+        return f"{slots[int(parts[0][10:])]}.{PARAM[parts[1]]}"
     if parts[0] in _FFN_DENSE and len(parts) == 3:
         index = int(parts[1].rsplit("_", 1)[1])
         if parts[1].startswith("Dense_"):
-            return f"ffn.{_FFN_DENSE[parts[0]][index]}.{_PARAM[parts[2]]}"
+            return f"ffn.{_FFN_DENSE[parts[0]][index]}.{PARAM[parts[2]]}"
         if parts[1].startswith("LayerNorm_"):
-            return f"ffn.{('ln_in', 'ln_mid')[index]}.{_PARAM[parts[2]]}"
+            return f"ffn.{('ln_in', 'ln_mid')[index]}.{PARAM[parts[2]]}"
     raise KeyError(sub)
 
 
@@ -147,10 +81,10 @@ def _top_key(key: str) -> str:
         raise KeyError(key)
     part, module, param = m.groups()
     prefix = f"{part}.final_ln" if module == "final_ln" else f"{part}.embed.{module}"
-    return f"{prefix}.{_PARAM[param]}"
+    return f"{prefix}.{PARAM[param]}"
 
 
-def dallebart_state_dict(flat: dict[str, torch.Tensor], config: DalleBartConfig, source: str) -> dict:
+def dallebart_state_dict(flat: dict[str, torch.Tensor], ln_positions: str, source: str) -> dict:
     """Our state dict from a flat DalleBart tree; scanned stacks are split along their layer axis."""
     out = {}
     for key, value in flat.items():
@@ -160,13 +94,13 @@ def dallebart_state_dict(flat: dict[str, torch.Tensor], config: DalleBartConfig,
                 out[_top_key(key)] = _torch_value(key, value, _top_key(key))
                 continue
             part, scanned, index, sub = m.groups()
-            sub_key = _layer_key(sub, _layer_norm_slots(config.ln_positions, part == "decoder"))
+            sub_key = _layer_key(sub, _layer_norm_slots(ln_positions, part == "decoder"))
             layers = enumerate(value.unbind(0)) if scanned == "s" else [(int(index), value)]
             for i, v in layers:
                 out[f"{part}.layers.{i}.{sub_key}"] = _torch_value(key, v, sub_key)
         except (KeyError, IndexError, ValueError) as err:
             raise ValueError(f"{source}: parameter {key!r} (shape {tuple(value.shape)}) has no place in a "
-                             f"DalleBart with ln_positions={config.ln_positions!r}; the checkpoint uses a "
+                             f"DalleBart with ln_positions={ln_positions!r}; the checkpoint uses a "
                              f"variant dalle_mini_pt does not implement ({err!r})") from err
     return out
 
@@ -175,8 +109,9 @@ def is_scanned(flat: dict) -> bool:
     return any("/FlaxBartEncoderLayers/" in k or "/FlaxBartDecoderLayers/" in k for k in flat)
 
 
-def dallebart_config(values: dict, flat: dict) -> DalleBartConfig:
-    """Our config from a reference `config.json`; the layer layout is read from the tensors, not trusted."""
+def dallebart_config(values: dict, flat: dict) -> dict:
+    """Our config values from a reference `config.json`; the layer layout is read from the tensors, not
+    trusted."""
     values = dict(values)
     if values.get("ln_positions") == "deepnet":
         values["ln_positions"] = "postln"
@@ -185,7 +120,7 @@ def dallebart_config(values: dict, flat: dict) -> DalleBartConfig:
         values["use_final_ln_encoder"] = values["use_final_ln_decoder"] = False
     values["use_scan"] = is_scanned(flat)
     values["gradient_checkpointing"] = False  # a training-time choice of the run that saved it
-    return DalleBartConfig.from_dict(values)
+    return values
 
 
 # --- the 2021 model (HF FlaxBart names) -----------------------------------------------------------------
@@ -229,13 +164,13 @@ def bart2021_state_dict(flat: dict[str, torch.Tensor], source: str) -> dict:
     return out
 
 
-def bart2021_config(values: dict, flat: dict) -> DalleBartConfig:
+def bart2021_config(values: dict, flat: dict) -> dict:
     """The 2021 config.json is a BART config of the text side; the image side is read off the tensors."""
     image_rows = flat["model/decoder_embed/embedding"].shape[0]
     offset = 2  # HF BART's learned positions skip two rows
     image_positions = flat["model/decoder/embed_positions/embedding"].shape[0] - offset
     text_positions = values["max_position_embeddings"]
-    return DalleBartConfig(
+    return dict(
         encoder_vocab_size=values["vocab_size"], image_vocab_size=image_rows - 1, image_length=image_positions - 1,
         max_text_length=min(TEXT_LENGTH_2021, text_positions), text_positions=text_positions,
         image_positions=image_positions, position_offset=offset, d_model=values["d_model"],
@@ -248,56 +183,14 @@ def bart2021_config(values: dict, flat: dict) -> DalleBartConfig:
     )
 
 
-# --- VQGAN (patil-suraj/vqgan-jax) ----------------------------------------------------------------------
-
-# vqgan-jax builds its levels and blocks in `setup()` as Python lists, which Flax names `down_0`, `block_1`;
-# taming keeps them in ModuleLists (`down.0`, `block.1`). `mid/block_1` and `mid/attn_1` are plain attribute
-# names in both, so only list items (a level, or a block/attn inside a level) are renamed.
-_VQGAN_LEVEL = re.compile(r"(down|up)_\d+")
-_VQGAN_ITEM = re.compile(r"(block|attn)_\d+")
-
-
-def _vqgan_key(key: str) -> str:
-    *modules, leaf = key.split("/")
-    out = []
-    for i, part in enumerate(modules):
-        in_level = i > 0 and _VQGAN_LEVEL.fullmatch(modules[i - 1])
-        if _VQGAN_LEVEL.fullmatch(part) or (in_level and _VQGAN_ITEM.fullmatch(part)):
-            part = part.replace("_", ".")
-        out.append(part)
-    return ".".join(out + [_PARAM[leaf]])
-
-
-def vqgan_state_dict(flat: dict[str, torch.Tensor], source: str) -> dict:
-    """taming's state dict from a flat vqgan-jax tree (`encoder/down_0/block_0/conv1/kernel`, …)."""
-    out = {}
-    for key, value in flat.items():
-        try:
-            ours = _vqgan_key(key)
-        except KeyError as err:
-            raise ValueError(f"{source}: parameter {key!r} (shape {tuple(value.shape)}) is not a vqgan-jax "
-                             f"VQGAN parameter (no leaf {err}); is this a VQGAN checkpoint?") from err
-        if key.endswith("/kernel") and value.dim() == 4:
-            value = value.permute(3, 2, 0, 1).contiguous()
-        elif key.endswith(("/scale", "/bias")) and value.dim() == 4:
-            # vqgan-jax's own torch->flax converter writes GroupNorm params as [1, 1, 1, C] (the shape older
-            # flax GroupNorm used); taming wants [C]
-            value = value.reshape(-1)
-        out[ours] = value
-    return out
-
-
-def convert_flax_checkpoint(msgpack_path, config_values: dict) -> tuple[DalleBartConfig, dict]:
-    """(config, state dict) from a reference `flax_model.msgpack` and its parsed `config.json`."""
-    flat = read_flax_msgpack(msgpack_path)
+def read_dallebart_flax(config_path: Path, msgpack_path: Path) -> tuple[dict, dict]:
+    """(config values, state dict) from a reference `flax_model.msgpack` and its `config.json`."""
+    flat, values = read_flax_msgpack(msgpack_path), load_config_json(config_path)
     if is_2021_layout(flat):
-        return bart2021_config(config_values, flat), bart2021_state_dict(flat, str(msgpack_path))
-    config = dallebart_config(config_values, flat)
-    return config, dallebart_state_dict(flat, config, str(msgpack_path))
+        return bart2021_config(values, flat), bart2021_state_dict(flat, str(msgpack_path))
+    values = dallebart_config(values, flat)
+    return values, dallebart_state_dict(flat, values.get("ln_positions", "normformer"), str(msgpack_path))
 
 
-def load_config_json(path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable JSON config ({err})") from err
+DALLEBART_FLAX = Layout(f"{CONFIG_NAME} + {FLAX_WEIGHTS_NAME} (the reference's)", CONFIG_NAME, FLAX_WEIGHTS_NAME,
+                        read_dallebart_flax)

@@ -1,8 +1,8 @@
-"""Strict state-dict loading with errors that say exactly what disagrees."""
+"""Strict loading: every tensor of the module from the checkpoint, or an error that lists what disagrees."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -10,6 +10,11 @@ from torch import nn
 
 def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Load every tensor or fail listing missing, unexpected and wrongly-shaped keys (from `source`)."""
+    check_keys(module, state_dict, source)
+    module.load_state_dict(state_dict, strict=True)
+
+
+def check_keys(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -23,4 +28,18 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
                 lines.append(f"  {title}: {shown}")
         lines.append("  Check that the config describes the same architecture as the weights.")
         raise ValueError("\n".join(lines))
-    module.load_state_dict(state_dict, strict=True)
+
+
+def build_strict(build: Callable[[], nn.Module], state: dict[str, torch.Tensor], source: str,
+                 meta: bool = True) -> nn.Module:
+    """`build()` loaded strictly with `state`. With `meta`, the module is built on the meta device and the
+    tensors are assigned, so big models skip their random init and memory never holds two copies."""
+    if not meta:
+        module = build()
+        load_strict(module, state, source)
+        return module
+    with torch.device("meta"):
+        module = build()
+    check_keys(module, state, source)  # names and shapes against meta stand-ins: no data copied
+    module.load_state_dict(state, strict=True, assign=True)
+    return module

@@ -1,0 +1,191 @@
+"""One `from_pretrained` / `save_pretrained` / `push_to_hub` for every trained component.
+
+A component class (DalleBart, VQGAN, ClipScorer) mixes in `HubMixin` and declares its config class, the
+layouts it reads (`Layout`: a config file and a weights file, and how to turn them into a config dict and
+tensors) and its model card. The mixin does the rest the same way for all of them: find the directory or
+repo, try each layout, serve a conversion of another layout from the per-commit cache, build strictly, and
+write our layout (`config.json` + `model.safetensors` + `README.md`).
+
+Hand-written rather than `huggingface_hub.PyTorchModelHubMixin`: that mixin loads with strict=False, knows
+none of the other layouts and rewrites `__init__`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, ClassVar, Optional
+
+import torch
+
+from .files import (
+    CONFIG_NAME,
+    PICKLED_NAMES,
+    WEIGHTS_NAME,
+    Source,
+    as_dtype,
+    load_config_json,
+    open_source,
+    read_safetensors,
+    refuse_pickles,
+    upload_folder,
+    write_native,
+)
+from .strict import build_strict
+
+# written into config.json for the hub and for humans; not fields of any config class
+SAVED_KEYS = ("architectures", "library_name", "torch_dtype")
+
+
+@dataclass
+class Checkpoint:
+    config: dict  # values for the component's config class
+    state: dict[str, torch.Tensor]
+    origin: str  # the weights file, named in errors
+    config_path: str  # the config file, named in config errors
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One on-disk format: `read(config_path, weights_path)` -> (config values, tensors)."""
+
+    description: str  # in "expected ..." messages
+    config_name: str
+    weights_name: str
+    read: Callable[[Path, Path], tuple[dict, dict]]
+    converted: bool = True  # not our format: a hub load caches the conversion in ours, per commit
+
+
+def read_native(config_path: Path, weights_path: Path) -> tuple[dict, dict]:
+    values = {k: v for k, v in load_config_json(config_path).items() if k not in SAVED_KEYS}
+    return values, read_safetensors(weights_path)
+
+
+NATIVE = Layout(f"{CONFIG_NAME} + {WEIGHTS_NAME}", CONFIG_NAME, WEIGHTS_NAME, read_native, converted=False)
+
+
+def read_layout(source: Source, layout: Layout, normalise: Callable[[Checkpoint], dict]) -> Optional[Checkpoint]:
+    """The checkpoint in `layout`, or None when the source does not hold its weights."""
+    config = source.file(layout.config_name)
+    cache = None
+    if source.remote and layout.converted and config is not None:
+        cache = source.converted_cache(config, layout.config_name)
+        cached = cache.file(WEIGHTS_NAME)
+        if cached is not None:
+            values, state = read_native(cache.path / CONFIG_NAME, cached)
+            return Checkpoint(values, state, str(cached), str(cache.path / CONFIG_NAME))
+    weights = source.file(layout.weights_name)
+    if weights is None:
+        return None
+    if config is None:
+        if PurePosixPath(layout.weights_name).name in PICKLED_NAMES:
+            return None  # a pickle with no config beside it is no layout of ours: refused as a pickle below
+        raise FileNotFoundError(f"{source.name}/{layout.config_name}: missing; {layout.weights_name} needs the "
+                                f"{layout.config_name} saved next to it ({layout.description})")
+    values, state = layout.read(config, weights)
+    checkpoint = Checkpoint(values, state, str(weights), str(config))
+    if cache is not None:
+        checkpoint.config = normalise(checkpoint)
+        write_native(cache.path, checkpoint.config, state)
+    return checkpoint
+
+
+def read_checkpoint(source: Source, layouts, what: str, pickle_fix: str,
+                    normalise: Callable[[Checkpoint], dict]) -> Checkpoint:
+    for layout in layouts:
+        checkpoint = read_layout(source, layout, normalise)
+        if checkpoint is not None:
+            return checkpoint
+    refuse_pickles(source.listing(), source.name, pickle_fix)
+    expected = ", ".join(layout.description for layout in layouts)
+    raise FileNotFoundError(f"{source.name}: no {what} weights; expected {expected}"
+                            + ("; offline or with local_files_only, none of them is in the local cache"
+                               if source.remote else ""))
+
+
+class HubMixin:
+    """Adds the hub methods to a component class, which sets the class attributes below and has a `config`
+    attribute with `to_dict()` (and its class a `from_dict`)."""
+
+    config_class: ClassVar[type]
+    hub_layouts: ClassVar[tuple[Layout, ...]] = (NATIVE,)
+    file_readers: ClassVar[dict[str, Callable[[Path], tuple[dict, dict]]]] = {}  # suffix -> single-file reader
+    hub_example: ClassVar[str]
+    pickle_fix: ClassVar[str] = "Save it with save_pretrained first."
+    load_dtype: ClassVar[torch.dtype] = torch.float32  # the default of from_pretrained(dtype=None)
+    save_dtype: ClassVar[Optional[torch.dtype]] = None  # the default of save_pretrained(dtype=None): as is
+    build_on_meta: ClassVar[bool] = True
+
+    # --- loading ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, subfolder: str = "", revision: Optional[str] = None,
+                        local_files_only: bool = False, cache_dir=None, token=None, endpoint: Optional[str] = None,
+                        dtype=None, device=None, **config_overrides):
+        """A model in eval mode from a directory, a hub repo (at `revision`; a `subfolder` of either) or a
+        single checkpoint file, in any layout the class reads. `config_overrides` replace config values
+        before the model is built."""
+        path = Path(name_or_path).expanduser()
+        if path.is_file() and path.suffix in cls.file_readers:
+            values, state = cls.file_readers[path.suffix](path)
+            checkpoint = Checkpoint(values, state, str(path), str(path))
+        else:
+            holding = " or ".join(layout.description for layout in cls.hub_layouts)
+            source = open_source(name_or_path, holding, cls.hub_example, subfolder=subfolder, revision=revision,
+                                 local_files_only=local_files_only, cache_dir=cache_dir, token=token,
+                                 endpoint=endpoint)
+            checkpoint = read_checkpoint(source, cls.hub_layouts, cls.__name__, cls.pickle_fix,
+                                         lambda c: cls.config_from(c).to_dict())
+        return cls.from_checkpoint(checkpoint, dtype=dtype, device=device, **config_overrides)
+
+    @classmethod
+    def config_from(cls, checkpoint: Checkpoint, **overrides):
+        try:
+            return cls.config_class.from_dict({**checkpoint.config, **overrides})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{checkpoint.config_path}: {err}") from err
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, dtype=None, device=None, **config_overrides):
+        config = cls.config_from(checkpoint, **config_overrides)
+        model = build_strict(lambda: cls.from_config_object(config), checkpoint.state, checkpoint.origin,
+                             meta=cls.build_on_meta)
+        return model.to(device=device, dtype=as_dtype(dtype) or cls.load_dtype).eval()
+
+    @classmethod
+    def from_config_object(cls, config):
+        return cls(config)
+
+    # --- saving ----------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory, *, dtype=None, repo_id: Optional[str] = None, **extras) -> Path:
+        """config.json + model.safetensors (in `dtype`; default as the class says) + a model card unless one
+        is there; `extras` are the component's own files (DalleBart: `tokenizer=`)."""
+        directory = Path(directory)
+        dtype = as_dtype(dtype) or self.save_dtype
+        state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v) for k, v in self.state_dict().items()}
+        stored = str(next(iter(state.values())).dtype).removeprefix("torch.")
+        config = {**self.config.to_dict(), "architectures": [type(self).__name__], "library_name": "dalle_mini_pt",
+                  "torch_dtype": stored}
+        write_native(directory, config, state)
+        self.save_extras(directory, **extras)
+        card = directory / "README.md"
+        if not card.exists():
+            card.write_text(self.model_card(repo_id or directory.name, stored))
+        return directory
+
+    def save_extras(self, directory: Path, **extras) -> None:
+        if extras:
+            raise TypeError(f"{type(self).__name__}.save_pretrained got unexpected arguments {sorted(extras)}")
+
+    def model_card(self, name: str, dtype: str) -> str:
+        raise NotImplementedError
+
+    def push_to_hub(self, repo_id: str, *, dtype=None, private: Optional[bool] = None, token=None,
+                    branch: Optional[str] = None, commit_message: Optional[str] = None, create_pr: bool = False,
+                    endpoint: Optional[str] = None, **extras):
+        """save_pretrained into a temporary directory and upload it as one commit; returns the CommitInfo."""
+        return upload_folder(lambda tmp: self.save_pretrained(tmp, dtype=dtype, repo_id=repo_id, **extras),
+                             repo_id, private=private, token=token, branch=branch,
+                             commit_message=commit_message or f"Upload {type(self).__name__}",
+                             create_pr=create_pr, endpoint=endpoint)
