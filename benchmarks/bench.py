@@ -90,7 +90,8 @@ def _status(result: dict) -> str:
 
 def _with_rates(result: dict, batch: int, steps: int) -> dict:
     if "seconds" in result:
-        result.update(seconds_per_image=result["seconds"] / batch, codes_per_s=batch * steps / result["seconds"])
+        result.update(seconds_per_image=result["seconds"] / batch,
+                      codes_per_s=batch * steps / result["seconds"])
     return result
 
 
@@ -100,7 +101,8 @@ def _min_dalle(spec: dict, threads: int) -> dict:
         return {"skipped": ".venv-mindalle missing: build it with scripts/min_dalle_env.sh"}
     if math.isqrt(spec["batch"]) ** 2 != spec["batch"]:
         return {"skipped": "min-dalle draws grid_size**2 images: batch must be a square"}
-    return run_child([str(python), str(ROOT / "benchmarks" / "min_dalle_runner.py"), json.dumps(spec)], threads)
+    return run_child([str(python), str(ROOT / "benchmarks" / "min_dalle_runner.py"), json.dumps(spec)],
+                     threads)
 
 
 def generation_rows(args, floors: Optional[dict]) -> list[dict]:
@@ -112,7 +114,8 @@ def generation_rows(args, floors: Optional[dict]) -> list[dict]:
                         warmup=args.warmup)
             row = {"batch": batch, "dtype": dtype, "steps": args.steps}
             if "generate" in args.sections:
-                row["ours"] = _with_rates(run_child(_worker("generate", spec), args.threads), batch, args.steps)
+                row["ours"] = _with_rates(run_child(_worker("generate", spec), args.threads), batch,
+                                          args.steps)
             if "mindalle" in args.sections:
                 theirs = _min_dalle(min_dalle_spec(config, spec), args.threads)
                 row["mindalle"] = _with_rates(theirs, batch, args.steps)
@@ -128,8 +131,10 @@ def generation_rows(args, floors: Optional[dict]) -> list[dict]:
 
 def training_rows(args, floors: Optional[dict]) -> dict:
     config = model_config(**TRAIN_SIZES[args.size])
-    spec = dict(size=args.size, batch=args.train_batch, steps=args.train_steps, warmup=1, threads=args.threads)
-    out = {"batch": args.train_batch, "steps": args.train_steps, "flops_per_step": train_flops(config, spec["batch"]),
+    spec = dict(size=args.size, batch=args.train_batch, steps=args.train_steps, warmup=1,
+                threads=args.threads)
+    out = {"batch": args.train_batch, "steps": args.train_steps,
+           "flops_per_step": train_flops(config, spec["batch"]),
            "decoder_tokens_per_step": args.train_batch * config.image_length}
     if "train" in args.sections:
         out["ours"] = run_child(_worker("train", spec), args.threads)
@@ -143,7 +148,8 @@ def training_rows(args, floors: Optional[dict]) -> dict:
         if "seconds_per_step" in r:
             r["tokens_per_s"] = out["decoder_tokens_per_step"] / r["seconds_per_step"]
             if floors:
-                r["mfu"] = out["flops_per_step"] / r["seconds_per_step"] / (floors["gemm_float32_GFLOPs"] * 1e9)
+                r["mfu"] = (out["flops_per_step"] / r["seconds_per_step"]
+                            / (floors["gemm_float32_GFLOPs"] * 1e9))
         if r:
             print(f"training {impl}: {_status(r)} per step", file=sys.stderr)
     if "tokens_per_s" in out.get("ours", {}) and "tokens_per_s" in out.get("jax", {}):
@@ -162,7 +168,8 @@ def _cell(result: Optional[dict], key: str, spec: str = ".3g") -> str:
 GENERATION_COLUMNS = [  # header, part of the row (None: the row itself), key, format
     ("batch", None, "batch", "d"), ("dtype", None, "dtype", "s"),
     ("ours s/img", "ours", "seconds_per_image", ".3g"), ("ours codes/s", "ours", "codes_per_s", ".3g"),
-    ("ours peak RSS MB", "ours", "peak_rss_mb", ".0f"), ("min-dalle s/img", "mindalle", "seconds_per_image", ".3g"),
+    ("ours peak RSS MB", "ours", "peak_rss_mb", ".0f"),
+    ("min-dalle s/img", "mindalle", "seconds_per_image", ".3g"),
     ("min-dalle codes/s", "mindalle", "codes_per_s", ".3g"),
     ("min-dalle peak RSS MB", "mindalle", "peak_rss_mb", ".0f"),
     ("time ours/min-dalle", None, "time_ours_over_mindalle", ".2f"),
@@ -173,7 +180,8 @@ GENERATION_COLUMNS = [  # header, part of the row (None: the row itself), key, f
 
 
 def generation_table(rows: list[dict]) -> list[str]:
-    lines = ["| " + " | ".join(c[0] for c in GENERATION_COLUMNS) + " |", "|" + "---|" * len(GENERATION_COLUMNS)]
+    lines = ["| " + " | ".join(c[0] for c in GENERATION_COLUMNS) + " |",
+             "|" + "---|" * len(GENERATION_COLUMNS)]
     for r in rows:
         cells = [_cell(r.get(part) if part else r, key, spec) for _, part, key, spec in GENERATION_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
@@ -189,7 +197,8 @@ def training_table(t: dict) -> list[str]:
     for impl in [i for i in ("ours", "jax") if i in t]:
         r = t[impl]
         lines.append(f"| {impl} | {_cell(r, 'params', '.4g')} | {_cell(r, 'seconds_per_step')} | "
-                     f"{_cell(r, 'tokens_per_s')} | {_cell(r, 'mfu', '.1%')} | {_cell(r, 'peak_rss_mb', '.0f')} |")
+                     f"{_cell(r, 'tokens_per_s')} | {_cell(r, 'mfu', '.1%')} | "
+                     f"{_cell(r, 'peak_rss_mb', '.0f')} |")
         if "seconds_per_step" not in r:
             lines.append(f"- n/a {impl}: {_status(r)}")
     return lines + ["", f"time ours/JAX: {_cell(t, 'time_ours_over_jax', '.2f')}"]
@@ -198,22 +207,23 @@ def training_table(t: dict) -> list[str]:
 def agreement_lines(a: dict) -> list[str]:
     if "forced_agreement" not in a:
         return [f"bf16 vs fp32: n/a {_status(a)}"]
-    return [f"bf16 vs fp32, greedy (top_k=1), super-conditioned, {a['steps']} codes: bf16 picks fp32's code on "
-            f"{a['forced_agreement']:.1%} of steps given fp32's codes so far; a free-running bf16 sample keeps "
-            f"fp32's first {a['free_running_identical_codes']} codes ({a['free_running_agreement']:.1%} equal "
-            "overall)"]
+    return [f"bf16 vs fp32, greedy (top_k=1), super-conditioned, {a['steps']} codes: bf16 picks fp32's "
+            f"code on {a['forced_agreement']:.1%} of steps given fp32's codes so far; a free-running bf16 "
+            f"sample keeps fp32's first {a['free_running_identical_codes']} codes "
+            f"({a['free_running_agreement']:.1%} equal overall)"]
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"DalleBart {m['size']}, {m['steps']} codes per image, {m['threads']} threads, torch {m['torch']}, "
-             f"{m['cpu_count']} CPUs", ""]
+    lines = [f"DalleBart {m['size']}, {m['steps']} codes per image, {m['threads']} threads, "
+             f"torch {m['torch']}, {m['cpu_count']} CPUs", ""]
     if result.get("generation"):
         lines += generation_table(result["generation"]) + [""]
     if result.get("bf16_vs_fp32"):
         lines += agreement_lines(result["bf16_vs_fp32"]) + [""]
     if result.get("floors"):
-        lines += ["| floor | value |", "|---|---|"] + [f"| {k} | {v:.3g} |" for k, v in result["floors"].items()]
+        lines += (["| floor | value |", "|---|---|"]
+                  + [f"| {k} | {v:.3g} |" for k, v in result["floors"].items()])
         lines.append("")
     if result.get("training"):
         lines += training_table(result["training"])

@@ -91,7 +91,8 @@ def decode_step_bytes(config, dtype: str) -> int:
 
 def _layer_macs(config, part: str, tokens: int, keys: int) -> float:
     """Multiply-accumulates per token of one encoder or decoder layer, attention over `keys` included."""
-    d, ffn = config.d_model, getattr(config, f"{part}_ffn_dim") * (3 if config.use_glu else 2) * config.d_model
+    d, ffn = config.d_model, (getattr(config, f"{part}_ffn_dim") * (3 if config.use_glu else 2)
+                              * config.d_model)
     return tokens * (4 * d * d + ffn + 2 * keys * d)
 
 
@@ -101,7 +102,8 @@ def generation_flops(config, batch: int, steps: int) -> float:
     d, text, rows = config.d_model, config.max_text_length, 2 * batch
     macs = 2 * config.encoder_layers * _layer_macs(config, "encoder", text, text)
     macs += 2 * config.decoder_layers * text * 2 * d * d
-    step = config.decoder_layers * (_layer_macs(config, "decoder", 1, text) + 2 * d * d) + d * config.image_rows
+    step = (config.decoder_layers * (_layer_macs(config, "decoder", 1, text) + 2 * d * d)
+            + d * config.image_rows)
     macs += rows * steps * step + rows * config.decoder_layers * 2 * d * steps * (steps + 1) / 2
     return 2.0 * macs
 
@@ -136,8 +138,10 @@ def measure_floors(size: str) -> dict:
     w = on_huge_pages(w)
     out = {"matvec_float32_GBps": w.nbytes / _best_time(lambda: torch.mv(w, x), 5) / 1e9}
     for name, dtype in DTYPES.items():  # nn.Linear on 2 rows: a batch-1 super-conditioned step
-        wd, xd = w if dtype is w.dtype else on_huge_pages(w.to(dtype)), x.to(dtype).expand(2, cols).contiguous()
-        out[f"linear2_{name}_GBps"] = wd.nbytes / _best_time(lambda: torch.nn.functional.linear(xd, wd), 5) / 1e9
+        wd, xd = (w if dtype is w.dtype else on_huge_pages(w.to(dtype)),
+                  x.to(dtype).expand(2, cols).contiguous())
+        out[f"linear2_{name}_GBps"] = (wd.nbytes / _best_time(lambda: torch.nn.functional.linear(xd, wd), 5)
+                                       / 1e9)
         a, b = torch.empty(n, n, dtype=dtype).uniform_(-1, 1), torch.empty(n, n, dtype=dtype).uniform_(-1, 1)
         out[f"gemm_{name}_GFLOPs"] = 2 * n ** 3 / _best_time(lambda: a @ b, 3) / 1e9
     out["bandwidth_GBps"] = max(out["matvec_float32_GBps"], out["linear2_float32_GBps"])
@@ -292,8 +296,9 @@ def reference_train_spec(config, spec: dict) -> dict:
     """Our config as the reference's DalleBartConfig arguments (the same names), plus the workload."""
     keys = ("encoder_vocab_size", "image_vocab_size", "image_length", "max_text_length", "d_model",
             "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
-            "encoder_ffn_dim", "decoder_ffn_dim", "activation_function", "ln_positions", "use_glu", "use_bias",
-            "use_head_scale", "force_ln_scale", "use_final_ln_encoder", "use_final_ln_decoder", "init_std")
+            "encoder_ffn_dim", "decoder_ffn_dim", "activation_function", "ln_positions", "use_glu",
+            "use_bias", "use_head_scale", "force_ln_scale", "use_final_ln_encoder", "use_final_ln_decoder",
+            "init_std")
     model = {k: getattr(config, k) for k in keys}
     model.update(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, gradient_checkpointing=False)
     return {**spec, "config": model, "lr": _adafactor_conf().lr, "codebook_size": config.codebook_size}

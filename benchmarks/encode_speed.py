@@ -73,7 +73,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vqgan", default="tiny", help="a conf/vqgan/ name")
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--size", type=int, default=None, help="generated image width (default 1.25x the VQGAN's)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="generated image width (default 1.25x the VQGAN's)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

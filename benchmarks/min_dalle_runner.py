@@ -1,4 +1,5 @@
-"""One generation row of `python benchmarks/bench.py` on min-dalle 0.4.11 (run with .venv-mindalle/bin/python).
+"""One generation row of `python benchmarks/bench.py` on min-dalle 0.4.11 (run with
+.venv-mindalle/bin/python).
 
     .venv-mindalle/bin/python benchmarks/min_dalle_runner.py '{"encoder": {...}, "decoder": {...}, ...}'
 

@@ -33,7 +33,8 @@ def peak_rss_mb() -> float:
 
 
 def random_params(model, seed: int = 0):
-    """N(0, init_std) kernels and embeddings, unit scales, zero biases; shapes from eval_shape (no compile)."""
+    """N(0, init_std) kernels and embeddings, unit scales, zero biases; shapes from eval_shape (no
+    compile)."""
     shapes = jax.eval_shape(functools.partial(model.init_weights, input_shape=(1, 1)), jax.random.PRNGKey(0))
     rng = np.random.default_rng(seed)
     params = {}
@@ -67,7 +68,8 @@ def main() -> None:
     batch = training_batch(config, spec["batch"], spec["codebook_size"])
 
     def loss_fn(params, batch):
-        logits = model(batch["input_ids"], batch["attention_mask"], decoder_input_ids=batch["decoder_input_ids"],
+        logits = model(batch["input_ids"], batch["attention_mask"],
+                       decoder_input_ids=batch["decoder_input_ids"],
                        params=params, train=False).logits  # dropout is 0: train=True would compute the same
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
 

@@ -58,7 +58,8 @@ class ClipConfig:
         unknown = sorted(set(values) - {"model_cfg", "preprocess", "batch_size"})
         if unknown or "model_cfg" not in values:
             raise ValueError(f"not a ClipScorer config: needs model_cfg, has unknown keys {unknown}")
-        return cls(_plain(values["model_cfg"]), _plain(values.get("preprocess") or {}), values.get("batch_size", 32))
+        return cls(_plain(values["model_cfg"]), _plain(values.get("preprocess") or {}),
+                   values.get("batch_size", 32))
 
 
 class ClipScorer(HubMixin, nn.Module):
@@ -88,8 +89,9 @@ class ClipScorer(HubMixin, nn.Module):
             raise ValueError("this scorer cannot be saved: its model is not an open_clip CLIP with a known "
                              "model_cfg (build it with from_config or from_open_clip)")
         if not isinstance(self.tokenizer, open_clip.SimpleTokenizer):
-            raise ValueError(f"this scorer cannot be saved: its tokenizer is a {type(self.tokenizer).__name__}, "
-                             "not open_clip's CLIP BPE tokenizer; reload it by name with from_open_clip")
+            raise ValueError("this scorer cannot be saved: its tokenizer is a "
+                             f"{type(self.tokenizer).__name__}, not open_clip's CLIP BPE tokenizer; reload "
+                             "it by name with from_open_clip")
         return ClipConfig(self.model_cfg, asdict(self.preprocess_cfg), self.batch_size)
 
     @classmethod
@@ -146,7 +148,8 @@ class ClipScorer(HubMixin, nn.Module):
         vocab_size = text_cfg.get("vocab_size", 49408)
         if vocab_size < tokenizer.vocab_size:
             raise ValueError(
-                f"text_cfg.vocab_size={vocab_size} is smaller than the CLIP BPE vocabulary ({tokenizer.vocab_size})"
+                f"text_cfg.vocab_size={vocab_size} is smaller than the CLIP BPE vocabulary "
+                f"({tokenizer.vocab_size})"
             )
         with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
             torch.manual_seed(seed)
@@ -205,7 +208,8 @@ class ClipScorer(HubMixin, nn.Module):
         if isinstance(prompts, str):
             prompts = [prompts]
         elif len(prompts) != len(image_emb):
-            raise ValueError(f"{len(image_emb)} images but {len(prompts)} prompts: give one prompt per image or a str")
+            raise ValueError(f"{len(image_emb)} images but {len(prompts)} prompts: give one prompt per image "
+                             "or a str")
         return self._logits((image_emb * self.encode_text(prompts)).sum(-1))
 
     @torch.inference_mode()
@@ -271,7 +275,8 @@ def _image_to_tensor(image) -> Tensor:
 def _interpolate(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
     if tuple(x.shape[-2:]) == size:
         return x
-    return F.interpolate(x, size=size, mode=mode, antialias=mode in ("bilinear", "bicubic"), align_corners=False)
+    return F.interpolate(x, size=size, mode=mode, antialias=mode in ("bilinear", "bicubic"),
+                         align_corners=False)
 
 
 def _center_crop_or_pad(x: Tensor, size: tuple[int, int], fill: float) -> Tensor:

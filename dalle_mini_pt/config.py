@@ -76,9 +76,11 @@ class DalleBartConfig:
         if self.ln_positions not in LN_POSITIONS:
             fail("ln_positions", f"{self.ln_positions!r} is not supported", f"use one of {LN_POSITIONS}")
         if self.activation_function not in ACTIVATIONS:
-            fail("activation_function", f"{self.activation_function!r} is unknown", f"use one of {ACTIVATIONS}")
+            fail("activation_function", f"{self.activation_function!r} is unknown",
+                 f"use one of {ACTIVATIONS}")
         if self.max_text_length > self.text_positions:
-            fail("max_text_length", f"{self.max_text_length} exceeds the {self.text_positions} text positions",
+            fail("max_text_length",
+                 f"{self.max_text_length} exceeds the {self.text_positions} text positions",
                  "lower max_text_length or raise text_positions")
         if self.image_length > self.image_positions:
             fail("image_length", f"{self.image_length} exceeds the {self.image_positions} image positions",

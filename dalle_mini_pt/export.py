@@ -31,7 +31,8 @@ def main(argv=None) -> None:
     parser.add_argument("out_dir", help="directory to write (created if needed)")
     parser.add_argument("--push", metavar="REPO", help="also upload to this hub repo (e.g. me/dalle-mini-ft)")
     parser.add_argument("--private", action="store_true", help="create the hub repo as private")
-    parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer directory or hub name to save alongside")
+    parser.add_argument("--tokenizer", metavar="PATH",
+                        help="tokenizer directory or hub name to save alongside")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                         help="store the weights in this dtype (default: as trained)")
     args = parser.parse_args(argv)

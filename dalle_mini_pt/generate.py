@@ -59,7 +59,8 @@ def load(args) -> DalleMiniPipeline:
     dtype = getattr(torch, getattr(args, "dtype", "float32"))
     device = getattr(args, "device", "cpu")
     if args.pipeline is not None:
-        return DalleMiniPipeline.from_pretrained(args.pipeline, device=device, dtype=dtype, revision=args.revision)
+        return DalleMiniPipeline.from_pretrained(args.pipeline, device=device, dtype=dtype,
+                                                 revision=args.revision)
     return DalleMiniPipeline.from_pretrained(args.model, args.vqgan, clip=args.clip, tokenizer=args.tokenizer,
                                              device=device, dtype=dtype, revision=args.revision)
 

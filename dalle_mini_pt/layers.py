@@ -38,7 +38,8 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == self.bias.dtype:  # float32 training, or bf16 weights (their kernel accumulates in float32)
+        # float32 training, or bf16 weights (their kernel accumulates in float32)
+        if x.dtype == self.bias.dtype:
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         # mixed precision (CPU autocast hands a bf16 input to float32 parameters): in float32, since the
         # backward of a bf16 input with a float32 bias and no weight fails ("expected scalar type BFloat16")

@@ -113,7 +113,8 @@ class ImageTokenDecoder(nn.Module):
 
     def init_cache(self, encoder_states: torch.Tensor, attention_mask: torch.Tensor,
                    rows_per_state: int = 1) -> DecoderCache:
-        """A cache for `rows_per_state` rows per encoded prompt: row r attends to state r // rows_per_state."""
+        """A cache for `rows_per_state` rows per encoded prompt: row r attends to state
+        r // rows_per_state."""
         cfg = self.config
         rows, heads = encoder_states.shape[0] * rows_per_state, cfg.decoder_attention_heads
         shape = (len(self.layers), rows, heads, cfg.image_length, cfg.d_model // heads)
@@ -203,7 +204,8 @@ class DalleBart(HubMixin, nn.Module):
         return dallebart_card(self, name, dtype)
 
 
-def build_dallebart(config: DalleBartConfig, pretrained_bart: Optional[str] = None, **hub_kwargs) -> DalleBart:
+def build_dallebart(config: DalleBartConfig, pretrained_bart: Optional[str] = None,
+                    **hub_kwargs) -> DalleBart:
     """A DalleBart; with `pretrained_bart` (hub name or path), its encoder starts from that BART's."""
     model = DalleBart(config)
     if pretrained_bart:

@@ -78,14 +78,15 @@ def load_clip(spec: Optional[str], device=None) -> Optional[ClipScorer]:
 
 
 class DalleMiniPipeline:
-    def __init__(self, model: DalleBart, tokenizer: TextTokenizer, vqgan: VQGAN, clip: Optional[ClipScorer] = None,
-                 normalizer: Optional[TextNormalizer] = None, decode_batch_size: int = 8,
+    def __init__(self, model: DalleBart, tokenizer: TextTokenizer, vqgan: VQGAN,
+                 clip: Optional[ClipScorer] = None, normalizer: Optional[TextNormalizer] = None,
+                 decode_batch_size: int = 8,
                  generation_config: GenerationConfig = DEFAULT_GENERATION):
         cfg = model.config
         if vqgan.config.n_embed != cfg.codebook_size or vqgan.config.codes_per_image != cfg.image_length:
-            raise ValueError(f"the VQGAN ({vqgan.config.n_embed} codes, {vqgan.config.codes_per_image} per image) "
-                             f"does not match the model ({cfg.codebook_size} codes, {cfg.image_length} per image); "
-                             "load the VQGAN the model was trained with")
+            raise ValueError(f"the VQGAN ({vqgan.config.n_embed} codes, {vqgan.config.codes_per_image} per "
+                             f"image) does not match the model ({cfg.codebook_size} codes, "
+                             f"{cfg.image_length} per image); load the VQGAN the model was trained with")
         if tokenizer.max_length > cfg.text_positions:
             raise ValueError(f"tokenizer max_length {tokenizer.max_length} exceeds the model's "
                              f"{cfg.text_positions} text positions")
@@ -107,7 +108,8 @@ class DalleMiniPipeline:
             return cls._from_index(pipeline_or_model, device, dtype, hub_kwargs)
         model = str(pipeline_or_model)
         if model.endswith(".ckpt") and tokenizer is None:
-            raise ValueError("a Lightning checkpoint holds no tokenizer: pass tokenizer= (e.g. data.tokenizer)")
+            raise ValueError("a Lightning checkpoint holds no tokenizer: pass tokenizer= "
+                             "(e.g. data.tokenizer)")
         net = DalleBart.from_pretrained(model, dtype=dtype, device=device, **hub_kwargs)
         length = net.config.max_text_length
         tok = (TextTokenizer.from_pretrained(tokenizer, length) if tokenizer
@@ -124,9 +126,10 @@ class DalleMiniPipeline:
                                     "DalleMiniPipeline.save_pretrained; to load separate components pass "
                                     "vqgan= (and clip=) too")
         index = load_config_json(index_path)
-        net = DalleBart.from_pretrained(name_or_path, subfolder=index["model"], dtype=dtype, device=device, **hub)
-        tokenizer = TextTokenizer.from_pretrained(str(source.sub(index["tokenizer"]).local_dir(TOKENIZER_FILES)),
-                                                  index["text_length"])
+        net = DalleBart.from_pretrained(name_or_path, subfolder=index["model"], dtype=dtype, device=device,
+                                        **hub)
+        tokenizer = TextTokenizer.from_pretrained(
+            str(source.sub(index["tokenizer"]).local_dir(TOKENIZER_FILES)), index["text_length"])
         vqgan = VQGAN.from_pretrained(name_or_path, subfolder=index["vqgan"], device=device, **hub)
         clip = None
         if index.get("clip"):
@@ -140,7 +143,8 @@ class DalleMiniPipeline:
                    GenerationConfig.from_dict(index["generation_config"]))
 
     def save_pretrained(self, directory) -> Path:
-        """model/, tokenizer/, vqgan/, clip/ (if any), the word-frequency file (if any) and model_index.json."""
+        """model/, tokenizer/, vqgan/, clip/ (if any), the word-frequency file (if any) and
+        model_index.json."""
         directory = Path(directory)
         self.model.save_pretrained(directory / "model")
         self.tokenizer.save_pretrained(directory / "tokenizer")
@@ -158,7 +162,8 @@ class DalleMiniPipeline:
             "_class_name": type(self).__name__, "library_name": "dalle_mini_pt", "model": "model",
             "tokenizer": "tokenizer", "text_length": self.tokenizer.max_length, "vqgan": "vqgan",
             "clip": "clip" if self.clip is not None else None, "text_normalizer": normalizer,
-            "decode_batch_size": self.decode_batch_size, "generation_config": self.generation_config.to_dict()})
+            "decode_batch_size": self.decode_batch_size,
+            "generation_config": self.generation_config.to_dict()})
         return directory
 
     # --- generating ------------------------------------------------------------------------------------
@@ -174,7 +179,8 @@ class DalleMiniPipeline:
         if any(not isinstance(p, str) for p in prompts):
             raise TypeError("prompts must be strings")
         if any(not p.strip() for p in prompts):
-            warnings.warn("an empty prompt is the unconditional prompt: its images follow no text", stacklevel=3)
+            warnings.warn("an empty prompt is the unconditional prompt: its images follow no text",
+                          stacklevel=3)
         return prompts
 
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -188,7 +194,8 @@ class DalleMiniPipeline:
         return torch.cat(chunks)
 
     @torch.inference_mode()
-    def __call__(self, prompts: Union[str, Sequence[str]], generation_config: Optional[GenerationConfig] = None,
+    def __call__(self, prompts: Union[str, Sequence[str]],
+                 generation_config: Optional[GenerationConfig] = None,
                  *, clip_top_n: Optional[int] = None, progress: Optional[bool] = None,
                  **options) -> list[PromptImages]:
         """Images for each prompt, sampled with `generation_config` (default: the pipeline's, the reference

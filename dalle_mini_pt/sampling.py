@@ -47,10 +47,13 @@ class GenerationConfig:
 
     num_images: int = _option(1, "images per prompt", int)
     top_k: Optional[int] = _option(None, "sample among the k likeliest codes (default: all)", int)
-    top_p: Optional[float] = _option(None, "sample among the likeliest codes holding this probability mass", float)
-    min_p: Optional[float] = _option(None, "drop codes less likely than this fraction of the likeliest one", float)
+    top_p: Optional[float] = _option(None, "sample among the likeliest codes holding this probability mass",
+                                     float)
+    min_p: Optional[float] = _option(None, "drop codes less likely than this fraction of the likeliest one",
+                                     float)
     temperature: float = _option(1.0, "divides the logits: below 1 sharper, above 1 more varied", float)
-    condition_scale: float = _option(1.0, "super-conditioning: uncond + scale * (cond - uncond); 1 is off", float)
+    condition_scale: float = _option(1.0, "super-conditioning: uncond + scale * (cond - uncond); 1 is off",
+                                     float)
     seed: Optional[int] = _option(None, "makes a run repeatable (default: a fresh random seed)", int)
 
     def __post_init__(self) -> None:
@@ -68,8 +71,8 @@ class GenerationConfig:
         if not (_finite(self.temperature) and self.temperature > 0):
             fail("temperature", "must be a finite number > 0", "use top_k=1 for greedy decoding")
         if not _finite(self.condition_scale):
-            fail("condition_scale", "must be a finite number", "1 turns super-conditioning off; the reference "
-                 "notebook uses 10")
+            fail("condition_scale", "must be a finite number",
+                 "1 turns super-conditioning off; the reference notebook uses 10")
         if self.seed is not None and not _whole(self.seed):
             fail("seed", "must be a whole number", "or None for a fresh random seed")
 
@@ -98,8 +101,8 @@ class GenerationConfig:
     def check_model(self, config) -> None:
         """The checks that need the model's config (a `DalleBartConfig`)."""
         if self.top_k is not None and self.top_k > config.codebook_size:
-            raise ValueError(f"top_k={self.top_k} must be between 1 and the codebook size {config.codebook_size} "
-                             "(use None to disable it)")
+            raise ValueError(f"top_k={self.top_k} must be between 1 and the codebook size "
+                             f"{config.codebook_size} (use None to disable it)")
 
 
 def _finite(value) -> bool:
@@ -111,7 +114,8 @@ def _whole(value) -> bool:
 
 
 def add_arguments(parser, defaults: GenerationConfig, description: str = "") -> None:
-    """One command-line flag per option (`--top-k`, …); `from_arguments` fills the unset ones from defaults."""
+    """One command-line flag per option (`--top-k`, …); `from_arguments` fills the unset ones from
+    defaults."""
     group = parser.add_argument_group("sampling", description)
     for f in dataclasses.fields(GenerationConfig):
         group.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["type"], default=None,
@@ -242,7 +246,8 @@ def _sample(model: DalleBart, cache, rows: int, options: GenerationConfig, gener
     tokens = torch.full((2 * rows if guided else rows,), cfg.decoder_start_token_id, dtype=torch.long,
                         device=device)
     codes = torch.empty((rows, cfg.image_length), dtype=torch.long, device=device)
-    all_logits = torch.empty((rows, cfg.image_length, cfg.image_rows), device=device) if return_logits else None
+    all_logits = (torch.empty((rows, cfg.image_length, cfg.image_rows), device=device) if return_logits
+                  else None)
     not_a_code = torch.arange(cfg.image_rows, device=device) >= cfg.codebook_size
     noise_buffer = torch.empty((rows, cfg.image_rows), device=device)
     position = torch.zeros(1, dtype=torch.long, device=device)

@@ -1,7 +1,8 @@
 """The embedded default: a complete text-to-image run on the procedural shape scenes, nothing downloaded.
 
     python -m dalle_mini_pt.shapes_pipeline                          # the full run (≈11 min on 2 CPU cores)
-    python -m dalle_mini_pt.shapes_pipeline --config-name shapes_smoke out_dir=/tmp/smoke   # every stage, briefly
+    python -m dalle_mini_pt.shapes_pipeline --config-name shapes_smoke out_dir=/tmp/smoke
+                                                                     # every stage, briefly
 
 Its stages (`shapes/stages.py`) each run only when their inputs changed: a re-run skips finished ones.
 """

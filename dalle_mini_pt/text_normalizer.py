@@ -56,7 +56,8 @@ class WordSplitter:
         for i in range(1, len(s) + 1):
             start = max(0, i - self.max_len)
             best.append(
-                min((best[j][0] + self.cost.get(s[j:i].lower(), math.inf), i - j) for j in reversed(range(start, i)))
+                min((best[j][0] + self.cost.get(s[j:i].lower(), math.inf), i - j)
+                    for j in reversed(range(start, i)))
             )
         words: list[str] = []  # collected back to front
         i = len(s)
@@ -64,7 +65,8 @@ class WordSplitter:
             k = best[i][1]
             word = s[i - k : i]
             # reference heuristics: glue a split-off 's or digits back on; a lone apostrophe stays apart
-            if word != "'" and words and (words[-1] == "'s" or (word[-1].isdigit() and words[-1][0].isdigit())):
+            if word != "'" and words and (words[-1] == "'s"
+                                          or (word[-1].isdigit() and words[-1][0].isdigit())):
                 words[-1] = word + words[-1]
             else:
                 words.append(word)
@@ -225,7 +227,8 @@ class TextNormalizer:
 
     @classmethod
     def from_hub(
-        cls, repo_id: str = "dalle-mini/dalle-mini", filename: str = "enwiki-words-frequency.txt", seed: int = 0
+        cls, repo_id: str = "dalle-mini/dalle-mini", filename: str = "enwiki-words-frequency.txt",
+        seed: int = 0
     ) -> "TextNormalizer":
         """Download the reference's word-frequency list (cached by huggingface_hub) to split hashtags."""
         from huggingface_hub import hf_hub_download

@@ -51,8 +51,8 @@ class TextTokenizer:
         too_long = [p for p, ids in zip(prompts, full) if len(ids) > self.max_length]
         if too_long and not self._warned_truncation:
             self._warned_truncation = True
-            warnings.warn(f"{len(too_long)} prompt(s) exceed the {self.max_length}-token text length and were "
-                          f"truncated, e.g. {too_long[0][:60]!r}", stacklevel=2)
+            warnings.warn(f"{len(too_long)} prompt(s) exceed the {self.max_length}-token text length and "
+                          f"were truncated, e.g. {too_long[0][:60]!r}", stacklevel=2)
         enc = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
@@ -72,8 +72,8 @@ def load_tokenizer(name_or_path, *, max_length: Optional[int] = None, revision: 
     length, read from its config.json unless `max_length` is given."""
     hub = dict(revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token)
     if max_length is None:
-        source = open_source(name_or_path, "a model's config.json and tokenizer files", "dalle-mini/dalle-mini",
-                             **hub)
+        source = open_source(name_or_path, "a model's config.json and tokenizer files",
+                             "dalle-mini/dalle-mini", **hub)
         config_path = source.file(CONFIG_NAME)
         if config_path is None:
             raise FileNotFoundError(f"{source.name}: no {CONFIG_NAME} to read the text length from; pass "

@@ -25,12 +25,12 @@ def check_compatible(datamodule, model) -> None:
     cfg = model.config
     if datamodule.tokenizer.max_length > cfg.text_positions:
         raise ValueError(f"data.text_length={datamodule.tokenizer.max_length} exceeds the model's "
-                         f"{cfg.text_positions} text positions; lower data.text_length or use a model with more "
-                         "positions (model.net.config.text_positions)")
+                         f"{cfg.text_positions} text positions; lower data.text_length or use a model with "
+                         "more positions (model.net.config.text_positions)")
     if datamodule.tokenizer.vocab_size > cfg.encoder_vocab_size:
-        raise ValueError(f"the tokenizer has {datamodule.tokenizer.vocab_size} tokens but the model embeds only "
-                         f"{cfg.encoder_vocab_size}; raise model.net.config.encoder_vocab_size or use the "
-                         "model's own tokenizer (data.tokenizer)")
+        raise ValueError(f"the tokenizer has {datamodule.tokenizer.vocab_size} tokens but the model embeds "
+                         f"only {cfg.encoder_vocab_size}; raise model.net.config.encoder_vocab_size or use "
+                         "the model's own tokenizer (data.tokenizer)")
 
 
 def instantiate_group(group) -> list:
@@ -44,7 +44,8 @@ def build(cfg: DictConfig):
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler))
     check_compatible(datamodule, model)
-    with torch.random.fork_rng():  # a callback's own models (VQGAN, CLIP) must not shift training's RNG stream
+    # a callback's own models (VQGAN, CLIP) must not shift training's RNG stream
+    with torch.random.fork_rng():
         callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -3,18 +3,19 @@
 Runs in the reference environment (scripts/reference_env.sh), never in ours:
     .venv-ref/bin/python scripts/reference_outputs.py --out DIR
 
-For each option set, scanned and unscanned, it builds a tiny random DalleBart with the reference, perturbs every
-LayerNorm scale/bias and head scale (so that a wrong mapping of any of them shows), saves it
-with the reference's `save_pretrained` (config.json + flax_model.msgpack) and records, in DIR/<case>/outputs.npz:
+For each option set, scanned and unscanned, it builds a tiny random DalleBart with the reference, perturbs
+every LayerNorm scale/bias and head scale (so that a wrong mapping of any of them shows), saves it with the
+reference's `save_pretrained` (config.json + flax_model.msgpack) and records, in DIR/<case>/outputs.npz:
 encoder states, teacher-forced logits, and a super-conditioned sampling run through the reference `generate`:
 its per-step logits (after super-conditioning, before the logits processors), its tokens, and the Gumbel noise
-`jax.random.categorical` drew at each step (categorical is argmax(logits + gumbel(key)); we regenerate that noise
-from the same key chain as `_sample`, and check here that it reproduces the reference's tokens).
+`jax.random.categorical` drew at each step (categorical is argmax(logits + gumbel(key)); we regenerate that
+noise from the same key chain as `_sample`, and check here that it reproduces the reference's tokens).
 Token parity needs one setting: our sampler never draws BOS (= image_vocab_size; the only id it excludes here,
-since codebook_size = image_vocab_size), while the reference's `generate` can, because it passes min_length=None
-to transformers 4.25's `_get_logits_processor`, which then skips the min-length processor that the config's
-`min_length` implies. We pass min_length=image_length+1 to the reference explicitly: that bans BOS (its eos id)
-at every step, as intended, and leaves the recorded logits (taken before the processors) untouched.
+since codebook_size = image_vocab_size), while the reference's `generate` can, because it passes
+min_length=None to transformers 4.25's `_get_logits_processor`, which then skips the min-length processor that
+the config's `min_length` implies. We pass min_length=image_length+1 to the reference explicitly: that bans
+BOS (its eos id) at every step, as intended, and leaves the recorded logits (taken before the processors)
+untouched.
 DIR/manifest.json lists the cases and the sampling settings.
 """
 
@@ -27,7 +28,8 @@ import os
 from pathlib import Path
 
 # XLA compile time dominates these tiny runs; cheaper backend passes halve it (still float32 arithmetic)
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                                   "--xla_llvm_disable_expensive_passes=true")
 import jax  # noqa: E402
 
 jax.experimental.PartitionSpec = jax.sharding.PartitionSpec  # dalle-mini 0.1.5 predates jax.sharding
@@ -94,8 +96,8 @@ def inputs(rng: np.random.Generator, config):
     uncond_mask = (uncond != 1).astype("i4")
     codes = rng.integers(0, config.image_vocab_size, (ROWS, config.image_length)).astype("i4")
     decoder_ids = np.concatenate([np.full((ROWS, 1), config.image_vocab_size, "i4"), codes[:, :-1]], 1)
-    return dict(input_ids=ids, attention_mask=mask, uncond_input_ids=uncond, uncond_attention_mask=uncond_mask,
-                decoder_input_ids=decoder_ids)
+    return dict(input_ids=ids, attention_mask=mask, uncond_input_ids=uncond,
+                uncond_attention_mask=uncond_mask, decoder_input_ids=decoder_ids)
 
 
 def _recording(make, store):
@@ -107,7 +109,8 @@ def _recording(make, store):
         def call(ids, logits, cur_len):
             out = inner(ids, logits, cur_len)
             seen, value = store
-            jax.debug.callback(lambda x: seen.append(np.asarray(x)), logits if value == "in" else out, ordered=True)
+            jax.debug.callback(lambda x: seen.append(np.asarray(x)), logits if value == "in" else out,
+                               ordered=True)
             return out
 
         return call
@@ -123,7 +126,8 @@ def sample(model, params, data, key):
     s = SAMPLING
     out = model.generate(jnp.asarray(data["input_ids"]), jnp.asarray(data["attention_mask"]), prng_key=key,
                          top_k=s["top_k"], top_p=s["top_p"], temperature=s["temperature"],
-                         condition_scale=s["condition_scale"], input_ids_uncond=jnp.asarray(data["uncond_input_ids"]),
+                         condition_scale=s["condition_scale"],
+                         input_ids_uncond=jnp.asarray(data["uncond_input_ids"]),
                          attention_mask_uncond=jnp.asarray(data["uncond_attention_mask"]),
                          min_length=model.config.image_length + 1, params=params)
     tokens = np.asarray(out.sequences)[:, 1:]

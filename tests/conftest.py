@@ -14,9 +14,9 @@ from dalle_mini_pt.data import tiny_dataset  # noqa: E402
 torch.set_num_threads(2)
 
 # option sets the model claims to support, at test size
-TINY = dict(encoder_vocab_size=512, image_vocab_size=40, codebook_size=32, image_length=16, max_text_length=16,
-            d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-            encoder_ffn_dim=48, decoder_ffn_dim=48)
+TINY = dict(encoder_vocab_size=512, image_vocab_size=40, codebook_size=32, image_length=16,
+            max_text_length=16, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48)
 VARIANTS = {
     "normformer": dict(),
     "normformer_headscale_lnscale": dict(use_head_scale=True, force_ln_scale=True),

@@ -48,8 +48,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.requests.append(("POST", self.path))
         if self.path == "/api/repos/create":
             payload = json.loads(body)
-            repo = f"{payload.get('organization') or 'user'}/{payload['name']}" if "/" not in payload["name"] \
-                else payload["name"]
+            repo = f"{payload.get('organization') or 'user'}/{payload['name']}" \
+                if "/" not in payload["name"] else payload["name"]
             (self.root / repo).mkdir(parents=True, exist_ok=True)
             return self._json({"url": f"http://{self.headers['Host']}/{repo}"})
         if self.path == "/api/validate-yaml":  # the real hub checks the model card's metadata block

@@ -20,7 +20,8 @@ def _train(optimizer_cls, steps=5, **kwargs):
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(lr=0.005, scale_parameter=True, relative_step=False, warmup_init=False),  # conf/optimizer/adafactor.yaml
+    # conf/optimizer/adafactor.yaml
+    dict(lr=0.005, scale_parameter=True, relative_step=False, warmup_init=False),
     dict(lr=None, scale_parameter=True, relative_step=True, warmup_init=False),
     dict(lr=None, scale_parameter=True, relative_step=True, warmup_init=True),
     dict(lr=0.005, scale_parameter=False, relative_step=False, warmup_init=False),

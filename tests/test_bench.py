@@ -1,4 +1,5 @@
-"""The benchmark runs end to end at tiny size: every section it can run here fills its rows with positive numbers.
+"""The benchmark runs end to end at tiny size: every section it can run here fills its rows with positive
+numbers.
 
 min-dalle runs when .venv-mindalle exists (scripts/min_dalle_env.sh); the JAX reference when .venv-ref does
 (CI builds it). The tiny JAX step compiles with XLA's cheap backend passes, as scripts/reference_outputs.py
@@ -20,10 +21,12 @@ def _positive(result: dict, *keys: str) -> None:
 
 
 def test_bench_tiny(tmp_path, monkeypatch):
-    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+    monkeypatch.setenv("XLA_FLAGS",
+                       "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
     out = tmp_path / "bench.json"
     printed = bench.main(["--size", "tiny", "--steps", "4", "--batch-sizes", "1", "--dtypes", "float32",
-                          "bfloat16", "--threads", "1", "--warmup", "0", "--train-steps", "1", "--json", str(out)])
+                          "bfloat16", "--threads", "1", "--warmup", "0", "--train-steps", "1", "--json",
+                          str(out)])
     result = json.loads(out.read_text())
     assert result == json.loads(json.dumps(printed))
     _positive(result["floors"], "bandwidth_GBps", "gemm_float32_GFLOPs", "gemm_bfloat16_GFLOPs")

@@ -26,7 +26,8 @@ def test_every_experiment_composes_and_instantiates(experiment, tiny_data, tmp_p
         cfg = compose_train([f"+experiment={experiment}", *local_data(tiny_data)], output_dir=tmp_path)
     datamodule = instantiate(cfg.data)
     with torch.device("meta"):  # full-size models cost no memory here
-        model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler))
+        model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer),
+                            scheduler=instantiate(cfg.scheduler))
     check_compatible(datamodule, model)
     callbacks = instantiate_group(cfg.callbacks)
     if cfg.trainer.accelerator == "tpu" and importlib.util.find_spec("torch_xla") is None:

@@ -17,7 +17,8 @@ N_TRAIN, BATCH = 128, 16
 
 
 def numbered_data(root: Path, tiny: Path) -> Path:
-    """The tiny set with each row's id written into its first two codes, so a batch says which rows it holds."""
+    """The tiny set with each row's id written into its first two codes, so a batch says which rows it
+    holds."""
     captions, codes = tiny_dataset.make_samples(N_TRAIN, seed=0)
     codes[:, 0], codes[:, 1] = np.divmod(np.arange(N_TRAIN), 32)
     root.mkdir()

@@ -165,14 +165,17 @@ def test_each_input_layout_encodes_the_same_images_to_the_same_codes(images, vqg
     captions = [p.with_suffix(".txt").read_text() for p in paths]
     rel = [os.path.relpath(p, tmp_path) for p in paths]  # relative to the table's folder
     pq.write_table(pa.table({"image_path": rel, "caption": captions}), tmp_path / "table.parquet")
-    table_report = encode_dataset(TableSource(tmp_path / "table.parquet"), vqgan, tmp_path / "table", **kwargs)
-    (tmp_path / "table.csv").write_text("file,text\n" + "".join(f'{p},"{c}"\n' for p, c in zip(paths, captions)))
+    table_report = encode_dataset(TableSource(tmp_path / "table.parquet"), vqgan, tmp_path / "table",
+                                  **kwargs)
+    (tmp_path / "table.csv").write_text("file,text\n"
+                                        + "".join(f'{p},"{c}"\n' for p, c in zip(paths, captions)))
     encode_dataset(TableSource(tmp_path / "table.csv", "file", "text"), vqgan, tmp_path / "csv", **kwargs)
     folder = codes_by_caption(tmp_path / "folder")
     assert len(folder) == 15
     assert codes_by_caption(tmp_path / "tar") == folder == codes_by_caption(tmp_path / "table")
     assert codes_by_caption(tmp_path / "csv") == folder
-    assert {os.path.normpath(tmp_path / b["item"]) for b in table_report["bad"]} == {str(images / b) for b in BAD}
+    assert ({os.path.normpath(tmp_path / b["item"]) for b in table_report["bad"]}
+            == {str(images / b) for b in BAD})
     assert {b["item"].split(":")[1] for b in tar_report["bad"]} == {Path(b).name for b in BAD}
     assert all(b["item"].split(":")[0] in map(str, tars) for b in tar_report["bad"])
 
@@ -200,7 +203,7 @@ def test_benchmark_script_runs_with_tiny_settings(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("encode_speed", ROOT / "benchmarks" / "encode_speed.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--vqgan", "tiny", "--images", "24", "--size", "40", "--batch-size", "8", "--num-workers", "1",
-                 "--workdir", str(tmp_path)])
+    module.main(["--vqgan", "tiny", "--images", "24", "--size", "40", "--batch-size", "8",
+                 "--num-workers", "1", "--workdir", str(tmp_path)])
     out = capsys.readouterr().out
     assert "one image at a time" in out and "encoder tool" in out and "speed-up" in out

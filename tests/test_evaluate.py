@@ -23,8 +23,8 @@ def test_evaluate_writes_the_report_and_grids(tmp_path):
     instantiate(OmegaConf.load(f"{CONFIG_DIR}/vqgan/tiny.yaml")).save_pretrained(tmp_path / "vqgan")
     instantiate(OmegaConf.load(f"{CONFIG_DIR}/clip/tiny.yaml")).save_pretrained(tmp_path / "clip")
     report = main(["--model", str(tmp_path / "model"), "--vqgan", str(tmp_path / "vqgan"), "--clip",
-                   str(tmp_path / "clip"), "--out", str(tmp_path / "eval"), "--prompts", "3", "--num-images", "2",
-                   "--top-k", "8"])
+                   str(tmp_path / "clip"), "--out", str(tmp_path / "eval"), "--prompts", "3",
+                   "--num-images", "2", "--top-k", "8"])
     assert report == json.loads((tmp_path / "eval" / "report.json").read_text())
     assert 0 < report["vqgan_psnr_db"] < 60
     for split in ("validation", "heldout"):

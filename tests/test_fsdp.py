@@ -36,7 +36,8 @@ def test_mega_fsdp_config_shards_one_unit_per_layer(tmp_path, capsys):
     assert strategy.sharding_strategy.name == "FULL_SHARD"
 
     with torch.device("meta"):
-        module = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler))
+        module = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer),
+                             scheduler=instantiate(cfg.scheduler))
     net = module.net
     assert all(p.is_meta for p in net.parameters())
     units = fsdp_units(net, set(policy._module_classes))
@@ -49,7 +50,8 @@ def test_mega_fsdp_config_shards_one_unit_per_layer(tmp_path, capsys):
     per_device = sum(math.ceil(n / GPUS) for n in units.values()) * 4
     largest = max(units.values())
     rows = [("parameters (all ranks)", f"{total / 1e9:.3f} B", f"{total * 4 / GIB:.2f} GiB"),
-            (f"sharded, per device (/{GPUS})", f"{per_device / 4 / 1e6:.1f} M", f"{per_device / GIB:.2f} GiB"),
+            (f"sharded, per device (/{GPUS})", f"{per_device / 4 / 1e6:.1f} M",
+             f"{per_device / GIB:.2f} GiB"),
             ("+ gradients (fp32 shards)", "", f"{per_device / GIB:.2f} GiB"),
             ("+ largest unit gathered (bf16)", f"{largest / 1e6:.1f} M", f"{largest * 2 / GIB:.2f} GiB"),
             ("FSDP units", f"{layers} layers + root", f"root {units['<root>'] / 1e6:.1f} M params")]

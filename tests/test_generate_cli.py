@@ -24,7 +24,8 @@ def checkpoint_dir(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
     model = DalleBart(tiny_config(image_length=256, image_vocab_size=32))
-    model.save_pretrained(out / "model", tokenizer=TextTokenizer.from_pretrained(str(tiny_data / "tokenizer"), 16))
+    model.save_pretrained(out / "model",
+                          tokenizer=TextTokenizer.from_pretrained(str(tiny_data / "tokenizer"), 16))
     instantiate(OmegaConf.load(f"{CONFIG_DIR}/vqgan/tiny.yaml")).save_safetensors(out / "vqgan.safetensors")
     return out
 
@@ -47,7 +48,8 @@ def test_cli_writes_one_grid_per_prompt_and_prints_scores(checkpoint_dir, tmp_pa
 
 
 def test_cli_from_a_lightning_checkpoint(data_dir, checkpoint_dir, tmp_path):
-    cfg = compose_train(["+experiment=debug", f"paths.data_dir={data_dir}", "trainer.max_steps=2", "logger=csv"],
+    cfg = compose_train(["+experiment=debug", f"paths.data_dir={data_dir}", "trainer.max_steps=2",
+                         "logger=csv"],
                         output_dir=tmp_path / "run")
     train(cfg)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"

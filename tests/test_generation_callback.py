@@ -9,7 +9,8 @@ from dalle_mini_pt.train import train
 
 def losses(run_dir):
     (metrics,) = run_dir.glob("csv/version_*/metrics.csv")
-    return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(metrics.open()) if r.get("train/loss")]
+    return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(metrics.open())
+            if r.get("train/loss")]
 
 
 def run(data_dir, out, callbacks):

@@ -61,7 +61,8 @@ def test_round_trip_float32_is_exact(variant, tmp_path):
 def test_half_precision_copies_load_into_any_dtype(saved, loaded, tmp_path):
     model = random_model()
     model.save_pretrained(tmp_path / "m", dtype=saved)
-    assert {t.dtype for t in load_file(tmp_path / "m" / "model.safetensors").values()} == {getattr(torch, saved)}
+    assert ({t.dtype for t in load_file(tmp_path / "m" / "model.safetensors").values()}
+            == {getattr(torch, saved)})
     assert json.loads((tmp_path / "m" / "config.json").read_text())["torch_dtype"] == saved
     back = DalleBart.from_pretrained(tmp_path / "m", dtype=loaded)
     # the same model, rounded to the saved precision and cast to the loaded one, computes the same outputs
@@ -69,7 +70,8 @@ def test_half_precision_copies_load_into_any_dtype(saved, loaded, tmp_path):
     assert {p.dtype for p in back.parameters()} == {getattr(torch, loaded)}
     ids, mask, codes = tiny_inputs(model.config)
     with torch.no_grad():
-        assert torch.equal(back(ids, mask, back.shift_right(codes)), expected(ids, mask, expected.shift_right(codes)))
+        assert torch.equal(back(ids, mask, back.shift_right(codes)),
+                           expected(ids, mask, expected.shift_right(codes)))
 
 
 @pytest.fixture
@@ -90,7 +92,8 @@ def test_push_to_hub_then_from_pretrained_through_the_hub_client(local_hub, tiny
     card = (repo / "README.md").read_text()
     assert 'DalleBart.from_pretrained("me/tiny-dallebart")' in card and "library_name: dalle_mini_pt" in card
 
-    loaded = DalleBart.from_pretrained("me/tiny-dallebart", endpoint=local_hub.url, cache_dir=tmp_path / "cache")
+    loaded = DalleBart.from_pretrained("me/tiny-dallebart", endpoint=local_hub.url,
+                                       cache_dir=tmp_path / "cache")
     expected = random_model().to(torch.bfloat16).float()
     for ours, theirs in zip(outputs(expected), outputs(loaded)):
         assert torch.equal(ours, theirs)
@@ -155,7 +158,8 @@ def test_truncated_files_name_the_file_and_tensors(tmp_path):
     directory, weights = saved(tmp_path)
     data = weights.read_bytes()
     weights.write_bytes(data[:-100])
-    with pytest.raises(ValueError, match=r"model\.safetensors: truncated .*tensors \['[\w.]+'\] lie past its end"):
+    with pytest.raises(ValueError,
+                       match=r"model\.safetensors: truncated .*tensors \['[\w.]+'\] lie past its end"):
         DalleBart.from_pretrained(directory)
     weights.write_bytes(data[:5])
     with pytest.raises(ValueError, match=r"model\.safetensors: not a safetensors file"):
@@ -168,9 +172,11 @@ _TO_2021 = [(r"^encoder\.embed\.embed_tokens\.weight$", "model/shared/embedding"
             (r"^decoder\.embed\.embed_tokens\.weight$", "model/decoder_embed/embedding"),
             (r"^(\w+)\.embed\.embed_positions\.weight$", r"model/\1/embed_positions/embedding"),
             (r"^(\w+)\.embed\.layernorm_embedding\.", r"model/\1/layernorm_embedding."),
-            (r"^(\w+)\.layers\.(\d+)\.", r"model/\1/layers/\2/"), (r"self_attn_norms\.post", "self_attn_layer_norm"),
+            (r"^(\w+)\.layers\.(\d+)\.", r"model/\1/layers/\2/"),
+            (r"self_attn_norms\.post", "self_attn_layer_norm"),
             (r"cross_attn_norms\.post", "encoder_attn_layer_norm"), (r"cross_attn", "encoder_attn"),
-            (r"ffn_norms\.post", "final_layer_norm"), (r"ffn\.(fc\d)", r"\1"), (r"decoder\.lm_head", "lm_head"),
+            (r"ffn_norms\.post", "final_layer_norm"), (r"ffn\.(fc\d)", r"\1"),
+            (r"decoder\.lm_head", "lm_head"),
             (r"\.", "/")]
 
 
@@ -195,15 +201,17 @@ def write_2021_checkpoint(model, directory, logits_bias=0.0):
     directory.mkdir(parents=True)
     (directory / "flax_model.msgpack").write_bytes(msgpack.packb(tree, use_bin_type=True))
     c = model.config
-    bart = dict(model_type="bart", vocab_size=c.encoder_vocab_size, d_model=c.d_model, max_position_embeddings=32,
-                encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-                encoder_ffn_dim=48, decoder_ffn_dim=48, activation_function="gelu", scale_embedding=False)
+    bart = dict(model_type="bart", vocab_size=c.encoder_vocab_size, d_model=c.d_model,
+                max_position_embeddings=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, activation_function="gelu",
+                scale_embedding=False)
     (directory / "config.json").write_text(json.dumps(bart))
 
 
 def model_2021():
     # the tiny 2021 variant, sized as a BART config + separate decoder tables describe it
-    return random_model("postln_2021", max_text_length=16, image_positions=17, image_length=16, codebook_size=40)
+    return random_model("postln_2021", max_text_length=16, image_positions=17, image_length=16,
+                        codebook_size=40)
 
 
 def test_2021_flax_layout_loads_and_computes_the_same(tmp_path):
@@ -213,7 +221,8 @@ def test_2021_flax_layout_loads_and_computes_the_same(tmp_path):
     assert loaded.config.position_offset == 2 and loaded.config.image_rows == model.config.image_rows
     ids, mask, codes = tiny_inputs(model.config)
     with torch.no_grad():
-        assert torch.equal(loaded(ids, mask, loaded.shift_right(codes)), model(ids, mask, model.shift_right(codes)))
+        assert torch.equal(loaded(ids, mask, loaded.shift_right(codes)),
+                           model(ids, mask, model.shift_right(codes)))
 
 
 def test_2021_nonzero_logits_bias_and_truncated_msgpack_are_refused(tmp_path):

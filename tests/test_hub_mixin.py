@@ -1,5 +1,5 @@
-"""Every trained component saves, loads and uploads through the one HubMixin, and a whole pipeline saves as one
-directory that loads back and samples the same codes for a seed."""
+"""Every trained component saves, loads and uploads through the one HubMixin, and a whole pipeline saves as
+one directory that loads back and samples the same codes for a seed."""
 
 import json
 
@@ -50,7 +50,8 @@ def test_each_component_round_trips_through_the_one_mixin(kind, tmp_path, monkey
     for method in ("from_pretrained", "save_pretrained", "push_to_hub"):
         assert getattr(cls, method).__qualname__ == f"HubMixin.{method}"
     model.save_pretrained(tmp_path / "saved")
-    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in (tmp_path / "saved").iterdir()}
+    assert ({"config.json", "model.safetensors", "README.md"}
+            <= {p.name for p in (tmp_path / "saved").iterdir()})
     assert json.loads((tmp_path / "saved" / "config.json").read_text())["architectures"] == [cls.__name__]
     loaded = cls.from_pretrained(tmp_path / "saved")
     assert not loaded.training
@@ -68,7 +69,8 @@ def test_each_component_round_trips_through_the_one_mixin(kind, tmp_path, monkey
 
 
 def test_a_named_open_clip_architecture_saves_and_loads_offline(tmp_path):
-    """Random weights (no download); its open_clip config and preprocessing (OpenAI's mean/std) travel along."""
+    """Random weights (no download); its open_clip config and preprocessing (OpenAI's mean/std) travel
+    along."""
     named = ClipScorer.from_open_clip("ViT-B-32", pretrained=None)
     named.save_pretrained(tmp_path / "clip")
     loaded = ClipScorer.from_pretrained(tmp_path / "clip")
@@ -86,13 +88,15 @@ def test_pipeline_saves_as_one_directory_and_samples_the_same_codes(tiny_data, t
                              generation_config=GenerationConfig(num_images=3, top_k=8, condition_scale=3.0))
     pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
-    assert {index[k] for k in ("model", "tokenizer", "vqgan", "clip")} == {"model", "tokenizer", "vqgan", "clip"}
+    assert ({index[k] for k in ("model", "tokenizer", "vqgan", "clip")}
+            == {"model", "tokenizer", "vqgan", "clip"})
     assert index["generation_config"]["condition_scale"] == 3.0 and index["text_normalizer"]["seed"] == 3
 
     back = DalleMiniPipeline.from_pretrained(tmp_path / "pipe")
     assert back.generation_config == pipe.generation_config and back.tokenizer.max_length == 16
     assert back.normalizer("#redsquare") == pipe.normalizer("#redsquare") == " red square"
-    ours, theirs = pipe(["a red square", "#bluesquare"], seed=5), back(["a red square", "#bluesquare"], seed=5)
+    ours, theirs = (pipe(["a red square", "#bluesquare"], seed=5),
+                    back(["a red square", "#bluesquare"], seed=5))
     for a, b in zip(ours, theirs):
         assert torch.equal(a.codes, b.codes) and a.scores == b.scores
 

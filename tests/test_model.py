@@ -82,7 +82,8 @@ def test_cpu_autocast_bf16_trains_and_stays_close_to_float32(variant):
         loss = model.loss(ids, mask, labels)
     loss.backward()
     assert abs(loss.item() - reference.item()) < 0.05 * reference.item()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in model.parameters() if p.requires_grad)
 
 
 def test_bad_configs_name_the_key():

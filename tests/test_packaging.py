@@ -16,7 +16,8 @@ CYCLES_TOOL = ROOT.parent / "shared" / "tools" / "import_cycles.py"
 
 
 def run(cmd, cwd, env=None, timeout=600) -> str:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
     assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
 
@@ -32,10 +33,11 @@ def wheel_site(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, src / name)
     for name in ("dalle_mini_pt", "conf"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", tmp / "dist",
-         src], cwd=tmp)
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
+         tmp / "dist", src], cwd=tmp)
     (wheel,) = (tmp / "dist").glob("dalle_mini_pt-*.whl")
-    run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", tmp / "site", wheel], cwd=tmp)
+    run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", tmp / "site", wheel],
+        cwd=tmp)
     return tmp / "site"
 
 
@@ -45,7 +47,8 @@ def test_the_wheel_trains_and_encodes_from_an_empty_directory(wheel_site, tmp_pa
     work = tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(wheel_site), "HF_HUB_OFFLINE": "1"}
-    where = run([sys.executable, "-c", "import dalle_mini_pt.config_dir as c; print(c.__file__, c.CONFIG_DIR)"],
+    where = run([sys.executable, "-c",
+                 "import dalle_mini_pt.config_dir as c; print(c.__file__, c.CONFIG_DIR)"],
                 work, env)
     assert where.split() == [str(wheel_site / "dalle_mini_pt" / "config_dir.py"),
                              str(wheel_site / "dalle_mini_pt" / "conf")]
@@ -59,7 +62,8 @@ def test_the_wheel_trains_and_encodes_from_an_empty_directory(wheel_site, tmp_pa
     mine.mkdir(parents=True)
     (mine / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - debug\ntask_name: mine\n"
                                     "trainer:\n  max_steps: 2\n  val_check_interval: 2\n")
-    out = run([sys.executable, "-m", "dalle_mini_pt.train", "--config-dir", tmp_path / "my_conf", "+experiment=mine"],
+    out = run([sys.executable, "-m", "dalle_mini_pt.train", "--config-dir", tmp_path / "my_conf",
+               "+experiment=mine"],
               work, env)
     assert "global_step=2" in out and list(work.glob("logs/mine/runs/*/checkpoints/last.ckpt"))
 

@@ -30,7 +30,8 @@ def reference(tmp_path_factory):
     if not REF_PYTHON.exists():
         pytest.skip(f"reference environment missing ({REF_PYTHON}); build it with scripts/reference_env.sh")
     out = tmp_path_factory.mktemp("reference")
-    proc = subprocess.run([str(REF_PYTHON), str(ROOT / "scripts" / "reference_outputs.py"), "--out", str(out)],
+    proc = subprocess.run([str(REF_PYTHON), str(ROOT / "scripts" / "reference_outputs.py"), "--out",
+                           str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     manifest = json.loads((out / "manifest.json").read_text())

@@ -44,7 +44,8 @@ def test_deterministic_for_a_seed_and_top_n(pipe):
     a = pipe("a blue stripe", num_images=4, seed=3, clip_top_n=2)
     b = pipe("a blue stripe", num_images=4, seed=3, clip_top_n=2)
     c = pipe("a blue stripe", num_images=4, seed=4, clip_top_n=2)
-    assert len(a[0].images) == 2 and torch.equal(a[0].codes, b[0].codes) and not torch.equal(a[0].codes, c[0].codes)
+    assert (len(a[0].images) == 2 and torch.equal(a[0].codes, b[0].codes)
+            and not torch.equal(a[0].codes, c[0].codes))
 
 
 def test_bad_input(pipe):

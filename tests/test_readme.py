@@ -17,6 +17,7 @@ def test_readme_python_examples_run():
 def test_readme_commands_match_ci():
     ci = (README.parent / ".ci" / "run").read_text()
     test_command = (
-        "bash install.sh && bash scripts/reference_env.sh && bash scripts/min_dalle_env.sh && bash scripts/xla_env.sh "
-        "&& HF_HUB_OFFLINE=1 .venv/bin/python -m pytest && bash scripts/run_xla_tests.sh")
+        "bash install.sh && bash scripts/reference_env.sh && bash scripts/min_dalle_env.sh "
+        "&& bash scripts/xla_env.sh && HF_HUB_OFFLINE=1 .venv/bin/python -m pytest "
+        "&& bash scripts/run_xla_tests.sh")
     assert test_command in README.read_text() and test_command in ci

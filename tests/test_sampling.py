@@ -98,7 +98,8 @@ def test_temperature_changes_the_sampled_distribution():
     logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(20000, -1)
     g = torch.Generator().manual_seed(0)
     freq = lambda t: torch.bincount(torch.argmax(apply_warpers(logits, t, None, None)  # noqa: E731
-                                                 + gumbel_noise(logits.shape, g, "cpu"), -1), minlength=3) / 20000
+                                                 + gumbel_noise(logits.shape, g, "cpu"), -1),
+                                    minlength=3) / 20000
     cold, plain = freq(0.5), freq(1.0)
     assert abs(plain[0] - 0.7) < 0.015 and abs(plain[2] - 0.1) < 0.015  # Gumbel-max draws from softmax
     expect_cold = torch.tensor([0.7, 0.2, 0.1]) ** 2

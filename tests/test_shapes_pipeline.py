@@ -27,7 +27,8 @@ def execute(notebook: str, out: Path) -> nbformat.NotebookNode:
 
 
 def text_output(nb) -> str:
-    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []))
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +38,9 @@ def smoke_run(tmp_path_factory):
 
 
 def pipeline(out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dalle_mini_pt.shapes_pipeline", "--config-name", "shapes_smoke",
-                           f"out_dir={out}", *overrides], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run([sys.executable, "-m", "dalle_mini_pt.shapes_pipeline", "--config-name",
+                           "shapes_smoke", f"out_dir={out}", *overrides], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def test_train_notebook_runs_every_stage_and_writes_the_report(smoke_run):

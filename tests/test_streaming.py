@@ -164,7 +164,8 @@ def fit(dm, tmp_path, max_steps, ckpt_path=None, every=None):
     callbacks = [pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_top_k=-1)] \
         if every else []
     trainer = pl.Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False, callbacks=callbacks,
-                         enable_model_summary=False, enable_checkpointing=bool(every), default_root_dir=tmp_path)
+                         enable_model_summary=False, enable_checkpointing=bool(every),
+                         default_root_dir=tmp_path)
     module = Recorder()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     return module.seen
@@ -185,7 +186,8 @@ def test_errors_name_the_key_and_the_file(shards, tiny_data, tmp_path):
         datamodule(shards, tiny_data, train_files=str(tmp_path / "none" / "*.parquet"))
     short = tmp_path / "short.parquet"
     pq.write_table(pa.table({"caption": ["x"], "encoding": [[1] * 16]}), short)
-    with pytest.raises(ValueError, match="data.train_files: .*short.parquet row 0: 16 codes.*image_length=256"):
+    with pytest.raises(ValueError,
+                       match="data.train_files: .*short.parquet row 0: 16 codes.*image_length=256"):
         datamodule(shards, tiny_data, train_files=str(short))
     with pytest.raises(ValueError, match="data.val_files: .*short.parquet row 0: 16 codes"):
         datamodule(shards, tiny_data, val_files=str(short))
@@ -231,7 +233,8 @@ def test_resume_point_continues_the_round_robin(counts):
     for consumed in range(len(full) + 1):
         skips, first = resume_point(consumed, counts)
         roles = [(w + first) % len(counts) for w in range(len(counts))]
-        rest = [(roles[w], skips[roles[w]] + b) for w, b in round_robin([counts[r] - skips[r] for r in roles])]
+        rest = [(roles[w], skips[roles[w]] + b)
+                for w, b in round_robin([counts[r] - skips[r] for r in roles])]
         assert full[:consumed] + rest == full, (consumed, skips, first)
 
 

@@ -83,9 +83,8 @@ def test_single_person_token_is_deterministic_per_seed_and_text():
     assert outputs <= {" a person at the beach", " someone at the beach", " somebody at the beach"}
     assert len(outputs) > 1  # the seed matters
     normalizer = TextNormalizer(seed=3)
-    assert normalizer("<person> at the beach") == normalizer("<person> at the beach") == TextNormalizer(seed=3)(
-        "<person> at the beach"
-    )
+    assert (normalizer("<person> at the beach") == normalizer("<person> at the beach")
+            == TextNormalizer(seed=3)("<person> at the beach"))
 
 
 def test_normalizer_never_touches_the_network(monkeypatch, word_list):

@@ -13,7 +13,8 @@ def test_pads_truncates_and_makes_the_unconditional_prompt(tiny_data):
         long = tok(["a yellow circle on the right side of a very long caption indeed"])
     assert long["input_ids"][0, -1] == 2  # still ends with </s>
     blank = tok.unconditional()
-    assert blank["uncond_input_ids"][0, :3].tolist() == [0, 2, 1] and blank["uncond_attention_mask"].sum() == 2
+    assert (blank["uncond_input_ids"][0, :3].tolist() == [0, 2, 1]
+            and blank["uncond_attention_mask"].sum() == 2)
 
 
 def test_bad_input(tiny_data, tmp_path):

@@ -53,12 +53,13 @@ def test_debug_experiment_trains_checkpoints_and_resumes(data_dir, tmp_path):
 
 def test_2021_model_trains_from_a_pretrained_bart(data_dir, tmp_path):
     """tiny_2021 + a BART saved locally, loaded through the path a hub name takes."""
-    BartModel(BartConfig(vocab_size=512, d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
-                         decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                         max_position_embeddings=32)).save_pretrained(tmp_path / "bart")
+    BartModel(BartConfig(vocab_size=512, d_model=64, encoder_layers=2, decoder_layers=1,
+                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                         decoder_ffn_dim=128, max_position_embeddings=32)).save_pretrained(tmp_path / "bart")
     cfg = compose_train(["+experiment=debug", "model=tiny_2021", f"paths.data_dir={data_dir}",
                          f"model.net.pretrained_bart={tmp_path / 'bart'}", "trainer.max_steps=30",
-                         "trainer.log_every_n_steps=1", "logger=csv", "callbacks=none", "trainer.val_check_interval=30"],
+                         "trainer.log_every_n_steps=1", "logger=csv", "callbacks=none",
+                         "trainer.val_check_interval=30"],
                         output_dir=tmp_path / "run")
     metrics = train(cfg)
     assert metrics["global_step"] == 30

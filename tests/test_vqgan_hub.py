@@ -68,7 +68,7 @@ def test_push_to_hub_then_from_pretrained_through_the_hub_client(local_hub, tmp_
     same_outputs(model, loaded)
 
 
-# --- vqgan-jax's Flax layout, built from the module tree as vqgan-jax names it --------------------------------
+# --- vqgan-jax's Flax layout, built from the module tree as vqgan-jax names it ------------------------------
 
 def _ndarray(t: torch.Tensor) -> msgpack.ExtType:
     a = t.detach().contiguous().numpy()
@@ -85,20 +85,25 @@ def flax_tree(model: VQGAN, norm_shape=(-1,)) -> dict:
         return {"scale": _ndarray(m.weight.reshape(norm_shape)), "bias": _ndarray(m.bias.reshape(norm_shape))}
 
     def resnet(b):
-        tree = {"norm1": norm(b.norm1), "conv1": conv(b.conv1), "norm2": norm(b.norm2), "conv2": conv(b.conv2)}
+        tree = {"norm1": norm(b.norm1), "conv1": conv(b.conv1), "norm2": norm(b.norm2),
+                "conv2": conv(b.conv2)}
         return {**tree, "nin_shortcut": conv(b.nin_shortcut)} if hasattr(b, "nin_shortcut") else tree
 
     def attn(a):
-        return {"norm": norm(a.norm), **{name: conv(getattr(a, name)) for name in ("q", "k", "v", "proj_out")}}
+        return {"norm": norm(a.norm),
+                **{name: conv(getattr(a, name)) for name in ("q", "k", "v", "proj_out")}}
 
     def level(lvl, resample):
         tree = {**{f"block_{j}": resnet(b) for j, b in enumerate(lvl.block)},
                 **{f"attn_{j}": attn(a) for j, a in enumerate(lvl.attn)}}
-        return {**tree, resample: {"conv": conv(getattr(lvl, resample).conv)}} if hasattr(lvl, resample) else tree
+        return ({**tree, resample: {"conv": conv(getattr(lvl, resample).conv)}} if hasattr(lvl, resample)
+                else tree)
 
     def coder(c, levels, prefix, resample):
-        mid = {"block_1": resnet(c.mid.block_1), "attn_1": attn(c.mid.attn_1), "block_2": resnet(c.mid.block_2)}
-        return {"conv_in": conv(c.conv_in), "mid": mid, "norm_out": norm(c.norm_out), "conv_out": conv(c.conv_out),
+        mid = {"block_1": resnet(c.mid.block_1), "attn_1": attn(c.mid.attn_1),
+               "block_2": resnet(c.mid.block_2)}
+        return {"conv_in": conv(c.conv_in), "mid": mid, "norm_out": norm(c.norm_out),
+                "conv_out": conv(c.conv_out),
                 **{f"{prefix}_{i}": level(lvl, resample) for i, lvl in enumerate(levels)}}
 
     return {"encoder": coder(model.encoder, model.encoder.down, "down", "downsample"),
@@ -113,12 +118,13 @@ def write_flax_checkpoint(model: VQGAN, directory, norm_shape=(-1,), **config_ch
     config = dict(architectures=["VQModel"], transformers_version="4.9.0.dev0", ch=c.ch, out_ch=c.out_ch,
                   in_channels=c.in_channels, num_res_blocks=c.num_res_blocks, resolution=c.resolution,
                   z_channels=c.z_channels, ch_mult=list(c.ch_mult), attn_resolutions=list(c.attn_resolutions),
-                  n_embed=c.n_embed, embed_dim=c.embed_dim, dropout=0.0, double_z=False, resamp_with_conv=True,
-                  give_pre_end=False, num_resolutions=len(c.ch_mult))
+                  n_embed=c.n_embed, embed_dim=c.embed_dim, dropout=0.0, double_z=False,
+                  resamp_with_conv=True, give_pre_end=False, num_resolutions=len(c.ch_mult))
     config.update(config_changes)
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps(config))
-    (directory / "flax_model.msgpack").write_bytes(msgpack.packb(flax_tree(model, norm_shape), use_bin_type=True))
+    (directory / "flax_model.msgpack").write_bytes(msgpack.packb(flax_tree(model, norm_shape),
+                                                                 use_bin_type=True))
     return directory
 
 
@@ -154,7 +160,7 @@ def test_flax_repo_is_converted_once_and_cached_by_commit(local_hub, tmp_path):
     same_outputs(as_zero_to_one(model), second)
 
 
-# --- taming's model.yaml + last.ckpt -------------------------------------------------------------------------
+# --- taming's model.yaml + last.ckpt ------------------------------------------------------------------------
 
 def write_taming_checkpoint(model: VQGAN, directory, yaml_name="model.yaml", ckpt_name="last.ckpt"):
     c = model.config
@@ -201,7 +207,8 @@ def test_pickle_only_repo_is_refused(local_hub, tmp_path):
     repo = local_hub.root / "me" / "pickled"
     repo.mkdir(parents=True)
     torch.save({"state_dict": tiny_vqgan().state_dict()}, repo / "last.ckpt")  # no model.yaml beside it
-    with pytest.raises(ValueError, match=r"me/pickled: only pickled weights \(\['last\.ckpt'\]\).*never unpickles"):
+    with pytest.raises(ValueError,
+                       match=r"me/pickled: only pickled weights \(\['last\.ckpt'\]\).*never unpickles"):
         VQGAN.from_pretrained("me/pickled", endpoint=local_hub.url, cache_dir=tmp_path / "cache")
 
 
@@ -226,5 +233,6 @@ def test_unsupported_or_foreign_flax_configs_name_the_file(tmp_path):
         VQGAN.from_pretrained(tmp_path / "double")
     directory = write_flax_checkpoint(tiny_vqgan(), tmp_path / "bart")
     (directory / "config.json").write_text(json.dumps({"model_type": "dallebart", "d_model": 32}))
-    with pytest.raises(ValueError, match=r"bart/config\.json: not a vqgan-jax VQGAN config; it lacks \['n_embed'"):
+    with pytest.raises(ValueError,
+                       match=r"bart/config\.json: not a vqgan-jax VQGAN config; it lacks \['n_embed'"):
         VQGAN.from_pretrained(directory)

@@ -9,8 +9,9 @@ from dalle_mini_pt.vqgan import VQGAN
 
 def test_vqgan_stage_learns_and_saves_a_loadable_vqgan(tmp_path):
     cfg = compose_train(["+experiment=shapes_vqgan", "data.n_train=128", "data.n_val=32", "data.batch_size=8",
-                         "trainer.max_steps=16", "trainer.val_check_interval=16", "trainer.log_every_n_steps=1",
-                         "model.restart_every=8", "model.vqgan.config.n_embed=32"], output_dir=tmp_path)
+                         "trainer.max_steps=16", "trainer.val_check_interval=16",
+                         "trainer.log_every_n_steps=1", "model.restart_every=8",
+                         "model.vqgan.config.n_embed=32"], output_dir=tmp_path)
     metrics = train(cfg)
     assert metrics["global_step"] == 16
     rows = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()

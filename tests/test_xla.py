@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-pytest.importorskip("torch_xla", reason="torch_xla is not installed (bash scripts/xla_env.sh builds .venv-xla)")
+pytest.importorskip("torch_xla",
+                    reason="torch_xla is not installed (bash scripts/xla_env.sh builds .venv-xla)")
 
 import pytorch_lightning as pl  # noqa: E402
 import torch_xla  # noqa: E402
@@ -64,7 +65,8 @@ class PhaseProbe(pl.Callback):
     def _end(self, phase):
         torch_xla.sync()
         xm.wait_device_ops()
-        self.steps[phase].append((compiles() - self._c, graph_runs() - self._r, time.perf_counter() - self._t))
+        self.steps[phase].append((compiles() - self._c, graph_runs() - self._r,
+                                  time.perf_counter() - self._t))
 
     def on_train_batch_start(self, *args):
         self._start()
@@ -84,14 +86,16 @@ def report(phase: str, steps: list[tuple[int, int, float]]) -> tuple[int, int]:
     new = sum(c for c, _, _ in after)
     ms = 1000 * sum(t for _, _, t in after) / max(len(after), 1)
     print(f"  {phase:<10} {len(steps):>4} steps  compiles in warm-up {sum(c for c, _, _ in warm):>3}  "
-          f"after warm-up {new:>3}  step time after warm-up {ms:8.1f} ms  (first step {1000 * steps[0][2]:.0f} ms)")
+          f"after warm-up {new:>3}  step time after warm-up {ms:8.1f} ms  "
+          f"(first step {1000 * steps[0][2]:.0f} ms)")
     print(f"  {'':<10} compiles per step: {[c for c, _, _ in steps]}")
     print(f"  {'':<10} graph runs per step: {[r for _, r, _ in steps]}")
     return new, len(after)
 
 
 @pytest.mark.slow
-def test_tiny_model_trains_validates_and_samples_without_recompiling(xla_cpu_device, data_dir, tmp_path, capsys):
+def test_tiny_model_trains_validates_and_samples_without_recompiling(xla_cpu_device, data_dir, tmp_path,
+                                                                     capsys):
     cfg = compose_train([
         "+experiment=debug", "trainer=tpu", "trainer.devices=1", f"paths.data_dir={data_dir}",
         "trainer.max_steps=28", "trainer.val_check_interval=4", "+trainer.limit_val_batches=2",
@@ -105,12 +109,14 @@ def test_tiny_model_trains_validates_and_samples_without_recompiling(xla_cpu_dev
     trainer.callbacks.append(probe)
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 28
-    assert type(trainer.optimizers[0]) is Adafactor  # its RMS scale stays on the device: no sync per parameter
+    # its RMS scale stays on the device: no sync per parameter
+    assert type(trainer.optimizers[0]) is Adafactor
 
     # a full 256-code generation with super-conditioning, as the generation callback samples
     device = torch_xla.device()
     net = module.net.to(device).eval()
-    tokenizer = TextTokenizer.from_pretrained(str(data_dir / "tiny" / "tokenizer"), net.config.max_text_length)
+    tokenizer = TextTokenizer.from_pretrained(str(data_dir / "tiny" / "tokenizer"),
+                                              net.config.max_text_length)
     prompts = {k: v.to(device) for k, v in tokenizer(["a red square on the left", "a blue circle"]).items()}
     uncond = {k: v.to(device) for k, v in tokenizer.unconditional().items()}
     generations = []
@@ -127,8 +133,9 @@ def test_tiny_model_trains_validates_and_samples_without_recompiling(xla_cpu_dev
         train_new, train_n = report("train", probe.steps["train"])
         val_new, val_n = report("val", probe.steps["val"])
         gen_new = sum(c for c, _ in generations[1:])
-        print(f"  {'generate':<10} {len(generations):>4} calls  compiles in first call {generations[0][0]:>3}  "
-              f"after {gen_new:>3}  time per call after {1000 * sum(t for _, t in generations[1:]) / 3:8.1f} ms "
+        print(f"  {'generate':<10} {len(generations):>4} calls  compiles in first call "
+              f"{generations[0][0]:>3}  after {gen_new:>3}  time per call after "
+              f"{1000 * sum(t for _, t in generations[1:]) / 3:8.1f} ms "
               f"(256 steps; first call {1000 * generations[0][1]:.0f} ms)")
     assert train_n >= 19 and val_n >= 6
     assert (train_new, val_new, gen_new) == (0, 0, 0), met.short_metrics_report()

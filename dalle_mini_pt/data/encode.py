@@ -134,7 +134,8 @@ class ShardWriter:
 
     def _flush(self) -> None:
         r = self.shards[self.current]
-        meta = {"run": self.run, "items": [r.start, r.stop], "skipped": self.bad, "passthrough": self.passthrough}
+        meta = {"run": self.run, "items": [r.start, r.stop], "skipped": self.bad,
+                "passthrough": self.passthrough}
         codes = np.concatenate(self.codes) if self.codes else np.zeros((0, 0), np.int64)
         write_shard(shard_path(self.output_dir, self.current), self.rows, codes, meta, self.row_group_size,
                     self.code_type)
@@ -168,7 +169,8 @@ def encode_dataset(source, vqgan: VQGAN, output_dir, *, shard_size: int = 10000,
     todo = check_resumable(output_dir, shards, run)
     code_type = pa.int16() if cfg.n_embed <= 2**15 else pa.int32()
     writer = ShardWriter(output_dir, todo, source, run, passthrough, row_group_size, code_type)
-    loader = DataLoader(DecodedImages(source, cfg.resolution), batch_sampler=pending_batches(todo, batch_size),
+    loader = DataLoader(DecodedImages(source, cfg.resolution),
+                        batch_sampler=pending_batches(todo, batch_size),
                         num_workers=num_workers, collate_fn=collate, pin_memory=vqgan.device.type == "cuda")
     with tqdm(total=sum(map(len, todo.values())), unit="img", disable=not progress, smoothing=0.1) as bar:
         for batch in loader:

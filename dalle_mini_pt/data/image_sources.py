@@ -152,8 +152,8 @@ def _read_table(path: Path):
 class TableSource:
     """Image paths may be absolute or relative to the table's folder."""
 
-    def __init__(self, path: Union[str, Path], image_column: str = "image_path", caption_column: str = "caption",
-                 passthrough: Sequence[str] = ()):
+    def __init__(self, path: Union[str, Path], image_column: str = "image_path",
+                 caption_column: str = "caption", passthrough: Sequence[str] = ()):
         path = Path(path)
         table = _read_table(path)
         wanted = [("input.image_column", image_column), ("input.caption_column", caption_column)]

@@ -23,7 +23,8 @@ _GLOB_CHARS = "*?["
 
 
 def _expand(pattern: str) -> list[str]:
-    """One pattern -> matching parquet files; local paths stay plain paths, remote ones keep their protocol."""
+    """One pattern -> matching parquet files; local paths stay plain paths, remote ones keep their
+    protocol."""
     fs, path = fsspec.core.url_to_fs(os.path.expanduser(pattern))
     local = "://" not in pattern
     if any(c in path for c in _GLOB_CHARS):
@@ -61,7 +62,8 @@ def check_columns(names: Sequence[str], path: str, columns: dict[str, str]) -> N
 
 def check_codes(path: str, encodings: Union[pa.Array, pa.ChunkedArray], image_length: int,
                 codebook_size: int, first_row: int = 0) -> np.ndarray:
-    """A list column of codes -> (rows, image_length) int64, or an error naming the file, the row and the fix."""
+    """A list column of codes -> (rows, image_length) int64, or an error naming the file, the row and the
+    fix."""
     arr = encodings.combine_chunks() if isinstance(encodings, pa.ChunkedArray) else encodings
     lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(lengths != image_length)
@@ -73,8 +75,8 @@ def check_codes(path: str, encodings: Union[pa.Array, pa.ChunkedArray], image_le
     if codes.size and (codes.min() < 0 or codes.max() >= codebook_size):
         row = int(np.argmax((codes < 0).any(1) | (codes >= codebook_size).any(1)))
         raise ValueError(f"{path} row {first_row + row}: codes outside the codebook 0..{codebook_size - 1} "
-                         f"(min {codes.min()}, max {codes.max()}); the shards were encoded with another VQGAN "
-                         "or model.net.config.codebook_size is wrong")
+                         f"(min {codes.min()}, max {codes.max()}); the shards were encoded with another "
+                         "VQGAN or model.net.config.codebook_size is wrong")
     return codes
 
 

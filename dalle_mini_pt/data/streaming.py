@@ -26,7 +26,8 @@ from .shards import Files, RowFilter, ShardIndex, check_codes, open_parquet, res
 # Lightning warns that a worker-sharded IterableDataset's __len__ may be wrong (ShardStream's is exact), and
 # that a loader without state_dict cannot resume mid-epoch (this DataModule's state_dict resumes it).
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+warnings.filterwarnings("ignore",
+                        message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 @dataclass
@@ -156,7 +157,8 @@ class StreamingDataModule(pl.LightningDataModule):
         return self.position.batches
 
     def state_dict(self) -> dict:
-        return {**asdict(StreamPosition(self.position.epoch, self._consumed())), "layout": self._state_layout()}
+        return {**asdict(StreamPosition(self.position.epoch, self._consumed())),
+                "layout": self._state_layout()}
 
     def _state_layout(self) -> dict:
         rank, world_size = self._layout()
@@ -168,7 +170,7 @@ class StreamingDataModule(pl.LightningDataModule):
         changed = {k: (saved.get(k), v) for k, v in now.items() if v is not None and saved.get(k) != v}
         if changed and state["batches"]:
             # another split of the epoch: the saved batch count no longer names the same rows
-            raise ValueError(f"cannot resume the data stream mid-epoch: {changed} (saved, now) differ from the "
-                             "checkpoint's run. Resume with the same data, batch_size, num_workers, seed and "
-                             "devices, or resume from an end-of-epoch checkpoint.")
+            raise ValueError(f"cannot resume the data stream mid-epoch: {changed} (saved, now) differ from "
+                             "the checkpoint's run. Resume with the same data, batch_size, num_workers, seed "
+                             "and devices, or resume from an end-of-epoch checkpoint.")
         self.position = StreamPosition(int(state["epoch"]), int(state["batches"]))

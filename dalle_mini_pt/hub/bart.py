@@ -35,7 +35,8 @@ def bart_encoder_config(bart_config) -> dict:
         "d_model": bart_config.d_model, "encoder_layers": bart_config.encoder_layers,
         "encoder_attention_heads": bart_config.encoder_attention_heads,
         "encoder_ffn_dim": bart_config.encoder_ffn_dim, "encoder_vocab_size": bart_config.vocab_size,
-        "text_positions": bart_config.max_position_embeddings, "activation_function": bart_config.activation_function,
+        "text_positions": bart_config.max_position_embeddings,
+        "activation_function": bart_config.activation_function,
         "scale_embedding": bart_config.scale_embedding,
         "ln_positions": "postln", "use_bias": True, "use_glu": False, "position_offset": 2,
     }

@@ -75,8 +75,8 @@ _TOP = {"lm_head/kernel": "decoder.lm_head.weight"}
 def _top_key(key: str) -> str:
     if key in _TOP:
         return _TOP[key]
-    m = re.match(r"^model/(encoder|decoder)/(embed_tokens|embed_positions|layernorm_embedding|final_ln)/(\w+)$",
-                 key)
+    m = re.match(r"^model/(encoder|decoder)/"
+                 r"(embed_tokens|embed_positions|layernorm_embedding|final_ln)/(\w+)$", key)
     if not m:
         raise KeyError(key)
     part, module, param = m.groups()
@@ -154,8 +154,8 @@ def bart2021_state_dict(flat: dict[str, torch.Tensor], source: str) -> dict:
     for key, value in flat.items():
         if key == "final_logits_bias":
             if value.float().abs().max() != 0:
-                raise ValueError(f"{source}: final_logits_bias is not all zeros; DalleBart has no logits bias, "
-                                 "so this checkpoint would compute something else")
+                raise ValueError(f"{source}: final_logits_bias is not all zeros; DalleBart has no logits "
+                                 "bias, so this checkpoint would compute something else")
             continue
         ours = key
         for pattern, repl in _RENAMES_2021:
@@ -171,15 +171,17 @@ def bart2021_config(values: dict, flat: dict) -> dict:
     image_positions = flat["model/decoder/embed_positions/embedding"].shape[0] - offset
     text_positions = values["max_position_embeddings"]
     return dict(
-        encoder_vocab_size=values["vocab_size"], image_vocab_size=image_rows - 1, image_length=image_positions - 1,
-        max_text_length=min(TEXT_LENGTH_2021, text_positions), text_positions=text_positions,
+        encoder_vocab_size=values["vocab_size"], image_vocab_size=image_rows - 1,
+        image_length=image_positions - 1, max_text_length=min(TEXT_LENGTH_2021, text_positions),
+        text_positions=text_positions,
         image_positions=image_positions, position_offset=offset, d_model=values["d_model"],
         encoder_layers=values["encoder_layers"], decoder_layers=values["decoder_layers"],
         encoder_attention_heads=values["encoder_attention_heads"],
         decoder_attention_heads=values["decoder_attention_heads"], encoder_ffn_dim=values["encoder_ffn_dim"],
-        decoder_ffn_dim=values["decoder_ffn_dim"], activation_function=values.get("activation_function", "gelu"),
-        scale_embedding=values.get("scale_embedding", False), ln_positions="postln", use_glu=False, use_bias=True,
-        use_final_ln_encoder=False, use_final_ln_decoder=False, use_scan=True,
+        decoder_ffn_dim=values["decoder_ffn_dim"],
+        activation_function=values.get("activation_function", "gelu"),
+        scale_embedding=values.get("scale_embedding", False), ln_positions="postln", use_glu=False,
+        use_bias=True, use_final_ln_encoder=False, use_final_ln_decoder=False, use_scan=True,
     )
 
 
@@ -192,5 +194,5 @@ def read_dallebart_flax(config_path: Path, msgpack_path: Path) -> tuple[dict, di
     return values, dallebart_state_dict(flat, values.get("ln_positions", "normformer"), str(msgpack_path))
 
 
-DALLEBART_FLAX = Layout(f"{CONFIG_NAME} + {FLAX_WEIGHTS_NAME} (the reference's)", CONFIG_NAME, FLAX_WEIGHTS_NAME,
-                        read_dallebart_flax)
+DALLEBART_FLAX = Layout(f"{CONFIG_NAME} + {FLAX_WEIGHTS_NAME} (the reference's)", CONFIG_NAME,
+                        FLAX_WEIGHTS_NAME, read_dallebart_flax)

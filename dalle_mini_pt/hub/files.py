@@ -110,12 +110,13 @@ class HubRepo(Source):
         try:
             return Path(hf_hub_download(self.repo_id, name, **self.hub))
         except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as err:
-            raise FileNotFoundError(f"{self.repo_id} (revision {self.hub.get('revision') or 'main'}): no such local "
-                                    f"directory or hub repository/revision ({type(err).__name__})") from err
+            raise FileNotFoundError(f"{self.repo_id} (revision {self.hub.get('revision') or 'main'}): "
+                                    "no such local directory or hub repository/revision "
+                                    f"({type(err).__name__})") from err
         except LocalEntryNotFoundError as err:
             if required:
-                raise FileNotFoundError(f"{self.repo_id}/{name}: not in the local cache and the hub was not asked "
-                                        f"(offline or local_files_only); {err}") from err
+                raise FileNotFoundError(f"{self.repo_id}/{name}: not in the local cache and the hub was not "
+                                        f"asked (offline or local_files_only); {err}") from err
             return None
         except (EntryNotFoundError, HfHubHTTPError) as err:
             if getattr(getattr(err, "response", None), "status_code", 404) != 404:
@@ -134,16 +135,17 @@ class HubRepo(Source):
         return LocalDir(folder / self.folder if self.folder else folder)
 
 
-def open_source(name_or_path, holding: str, example: str, *, subfolder: str = "", revision: Optional[str] = None,
-                local_files_only: bool = False, cache_dir=None, token=None, endpoint: Optional[str] = None
-                ) -> Source:
+def open_source(name_or_path, holding: str, example: str, *, subfolder: str = "",
+                revision: Optional[str] = None, local_files_only: bool = False, cache_dir=None, token=None,
+                endpoint: Optional[str] = None) -> Source:
     """A local directory, or else a hub repo id (its `subfolder`, if given); anything else is a path that is
     missing."""
     path = Path(name_or_path).expanduser() / subfolder
     if path.is_dir():
         return LocalDir(path)
     if path.exists() or str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
-        raise FileNotFoundError(f"{path}: not a directory holding {holding}, nor a hub repo id like {example!r}")
+        raise FileNotFoundError(f"{path}: not a directory holding {holding}, nor a hub repo id like "
+                                f"{example!r}")
     return HubRepo(str(name_or_path), dict(revision=revision, local_files_only=local_files_only,
                                            cache_dir=cache_dir, token=token, endpoint=endpoint), subfolder)
 
@@ -186,7 +188,8 @@ def read_safetensors(path) -> dict[str, torch.Tensor]:
             header = json.loads(f.read(header_len))
     except (struct.error, json.JSONDecodeError, UnicodeDecodeError, MemoryError) as err:
         raise ValueError(f"{path}: not a safetensors file, or its header is cut off ({size} bytes)") from err
-    cut = [k for k, v in header.items() if k != "__metadata__" and 8 + header_len + v["data_offsets"][1] > size]
+    cut = [k for k, v in header.items()
+           if k != "__metadata__" and 8 + header_len + v["data_offsets"][1] > size]
     if cut:
         raise ValueError(f"{path}: truncated ({size} bytes); tensors {sorted(cut)[:8]} lie past its end. "
                          "Download or save it again.")
@@ -196,13 +199,13 @@ def read_safetensors(path) -> dict[str, torch.Tensor]:
 def refuse_pickles(names, where: str, fix: str) -> None:
     pickled = [n for n in names if n in PICKLED_NAMES]
     if pickled:
-        raise ValueError(f"{where}: only pickled weights ({pickled}); dalle_mini_pt never unpickles downloaded "
-                         f"files. {fix}")
+        raise ValueError(f"{where}: only pickled weights ({pickled}); dalle_mini_pt never unpickles "
+                         f"downloaded files. {fix}")
 
 
-def upload_folder(write: Callable[[Path], object], repo_id: str, *, private: Optional[bool] = None, token=None,
-                  branch: Optional[str] = None, commit_message: str = "Upload", create_pr: bool = False,
-                  endpoint: Optional[str] = None):
+def upload_folder(write: Callable[[Path], object], repo_id: str, *, private: Optional[bool] = None,
+                  token=None, branch: Optional[str] = None, commit_message: str = "Upload",
+                  create_pr: bool = False, endpoint: Optional[str] = None):
     """Create the repo if needed, let `write` fill a temporary directory, upload it as one commit."""
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)

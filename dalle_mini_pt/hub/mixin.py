@@ -64,7 +64,8 @@ def read_native(config_path: Path, weights_path: Path) -> tuple[dict, dict]:
 NATIVE = Layout(f"{CONFIG_NAME} + {WEIGHTS_NAME}", CONFIG_NAME, WEIGHTS_NAME, read_native, converted=False)
 
 
-def read_layout(source: Source, layout: Layout, normalise: Callable[[Checkpoint], dict]) -> Optional[Checkpoint]:
+def read_layout(source: Source, layout: Layout,
+                normalise: Callable[[Checkpoint], dict]) -> Optional[Checkpoint]:
     """The checkpoint in `layout`, or None when the source does not hold its weights."""
     config = source.file(layout.config_name)
     cache = None
@@ -80,8 +81,8 @@ def read_layout(source: Source, layout: Layout, normalise: Callable[[Checkpoint]
     if config is None:
         if PurePosixPath(layout.weights_name).name in PICKLED_NAMES:
             return None  # a pickle with no config beside it is no layout of ours: refused as a pickle below
-        raise FileNotFoundError(f"{source.name}/{layout.config_name}: missing; {layout.weights_name} needs the "
-                                f"{layout.config_name} saved next to it ({layout.description})")
+        raise FileNotFoundError(f"{source.name}/{layout.config_name}: missing; {layout.weights_name} needs "
+                                f"the {layout.config_name} saved next to it ({layout.description})")
     values, state = layout.read(config, weights)
     checkpoint = Checkpoint(values, state, str(weights), str(config))
     if cache is not None:
@@ -109,7 +110,8 @@ class HubMixin:
 
     config_class: ClassVar[type]
     hub_layouts: ClassVar[tuple[Layout, ...]] = (NATIVE,)
-    file_readers: ClassVar[dict[str, Callable[[Path], tuple[dict, dict]]]] = {}  # suffix -> single-file reader
+    # suffix -> single-file reader
+    file_readers: ClassVar[dict[str, Callable[[Path], tuple[dict, dict]]]] = {}
     hub_example: ClassVar[str]
     pickle_fix: ClassVar[str] = "Save it with save_pretrained first."
     load_dtype: ClassVar[torch.dtype] = torch.float32  # the default of from_pretrained(dtype=None)
@@ -120,8 +122,8 @@ class HubMixin:
 
     @classmethod
     def from_pretrained(cls, name_or_path, *, subfolder: str = "", revision: Optional[str] = None,
-                        local_files_only: bool = False, cache_dir=None, token=None, endpoint: Optional[str] = None,
-                        dtype=None, device=None, **config_overrides):
+                        local_files_only: bool = False, cache_dir=None, token=None,
+                        endpoint: Optional[str] = None, dtype=None, device=None, **config_overrides):
         """A model in eval mode from a directory, a hub repo (at `revision`; a `subfolder` of either) or a
         single checkpoint file, in any layout the class reads. `config_overrides` replace config values
         before the model is built."""
@@ -131,9 +133,9 @@ class HubMixin:
             checkpoint = Checkpoint(values, state, str(path), str(path))
         else:
             holding = " or ".join(layout.description for layout in cls.hub_layouts)
-            source = open_source(name_or_path, holding, cls.hub_example, subfolder=subfolder, revision=revision,
-                                 local_files_only=local_files_only, cache_dir=cache_dir, token=token,
-                                 endpoint=endpoint)
+            source = open_source(name_or_path, holding, cls.hub_example, subfolder=subfolder,
+                                 revision=revision, local_files_only=local_files_only, cache_dir=cache_dir,
+                                 token=token, endpoint=endpoint)
             checkpoint = read_checkpoint(source, cls.hub_layouts, cls.__name__, cls.pickle_fix,
                                          lambda c: cls.config_from(c).to_dict())
         return cls.from_checkpoint(checkpoint, dtype=dtype, device=device, **config_overrides)
@@ -163,10 +165,11 @@ class HubMixin:
         is there; `extras` are the component's own files (DalleBart: `tokenizer=`)."""
         directory = Path(directory)
         dtype = as_dtype(dtype) or self.save_dtype
-        state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v) for k, v in self.state_dict().items()}
+        state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v)
+                 for k, v in self.state_dict().items()}
         stored = str(next(iter(state.values())).dtype).removeprefix("torch.")
-        config = {**self.config.to_dict(), "architectures": [type(self).__name__], "library_name": "dalle_mini_pt",
-                  "torch_dtype": stored}
+        config = {**self.config.to_dict(), "architectures": [type(self).__name__],
+                  "library_name": "dalle_mini_pt", "torch_dtype": stored}
         write_native(directory, config, state)
         self.save_extras(directory, **extras)
         card = directory / "README.md"
@@ -176,14 +179,15 @@ class HubMixin:
 
     def save_extras(self, directory: Path, **extras) -> None:
         if extras:
-            raise TypeError(f"{type(self).__name__}.save_pretrained got unexpected arguments {sorted(extras)}")
+            raise TypeError(f"{type(self).__name__}.save_pretrained got unexpected arguments "
+                            f"{sorted(extras)}")
 
     def model_card(self, name: str, dtype: str) -> str:
         raise NotImplementedError
 
     def push_to_hub(self, repo_id: str, *, dtype=None, private: Optional[bool] = None, token=None,
-                    branch: Optional[str] = None, commit_message: Optional[str] = None, create_pr: bool = False,
-                    endpoint: Optional[str] = None, **extras):
+                    branch: Optional[str] = None, commit_message: Optional[str] = None,
+                    create_pr: bool = False, endpoint: Optional[str] = None, **extras):
         """save_pretrained into a temporary directory and upload it as one commit; returns the CommitInfo."""
         return upload_folder(lambda tmp: self.save_pretrained(tmp, dtype=dtype, repo_id=repo_id, **extras),
                              repo_id, private=private, token=token, branch=branch,

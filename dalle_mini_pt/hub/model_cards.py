@@ -94,14 +94,15 @@ def dallebart_card(model, name: str, dtype: str) -> str:
     return DALLEBART.format(
         name=name, params=_params(model), dtype=dtype, text=c.max_text_length, image=c.image_length,
         codes=c.codebook_size, d=c.d_model, enc=c.encoder_layers, dec=c.decoder_layers,
-        heads=c.encoder_attention_heads, ffn=c.encoder_ffn_dim, ln=c.ln_positions, glu=c.use_glu, bias=c.use_bias)
+        heads=c.encoder_attention_heads, ffn=c.encoder_ffn_dim, ln=c.ln_positions, glu=c.use_glu,
+        bias=c.use_bias)
 
 
 def vqgan_card(model, name: str, dtype: str) -> str:
     c = model.config
     pixel_range = "[0, 1]" if c.pixel_range == "zero_to_one" else "[-1, 1] inside (uint8/[0, 1] outside)"
-    return VQGAN.format(name=name, params=_params(model), res=c.resolution, grid=c.grid_size, n_embed=c.n_embed,
-                        codes=c.codes_per_image, pixel_range=pixel_range)
+    return VQGAN.format(name=name, params=_params(model), res=c.resolution, grid=c.grid_size,
+                        n_embed=c.n_embed, codes=c.codes_per_image, pixel_range=pixel_range)
 
 
 def clip_card(scorer, name: str, dtype: str) -> str:

@@ -78,4 +78,5 @@ def read_vqgan_flax(config_path: Path, msgpack_path: Path) -> tuple[dict, dict]:
     return config, vqgan_state_dict(read_flax_msgpack(msgpack_path), str(msgpack_path))
 
 
-VQGAN_FLAX = Layout(f"{CONFIG_NAME} + {FLAX_WEIGHTS_NAME} (vqgan-jax)", CONFIG_NAME, FLAX_WEIGHTS_NAME, read_vqgan_flax)
+VQGAN_FLAX = Layout(f"{CONFIG_NAME} + {FLAX_WEIGHTS_NAME} (vqgan-jax)", CONFIG_NAME, FLAX_WEIGHTS_NAME,
+                    read_vqgan_flax)

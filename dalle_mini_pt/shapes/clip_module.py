@@ -18,7 +18,8 @@ class ClipModule(pl.LightningModule):
     def __init__(self, scorer: ClipScorer, optimizer: Callable, scheduler: Optional[Callable] = None,
                  save_dir: Optional[str] = None):
         super().__init__()
-        self.scorer = scorer.train()  # a scorer is built for inference (eval mode); Lightning keeps module modes
+        # a scorer is built for inference (eval mode); Lightning keeps module modes
+        self.scorer = scorer.train()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.save_dir = save_dir
         self.contrastive = ClipLoss()

@@ -72,13 +72,15 @@ def markdown(report: dict) -> str:
              "| split | selection | " + " | ".join(ATTRIBUTES) + " |", "|---|---|" + "---|" * len(ATTRIBUTES)]
     for split, sel in report["splits"].items():
         for name, rates in sel.items():
-            lines.append(f"| {split} | {name} | " + " | ".join(f"{100 * rates[a]:.1f}%" for a in ATTRIBUTES) + " |")
+            lines.append(f"| {split} | {name} | "
+                         + " | ".join(f"{100 * rates[a]:.1f}%" for a in ATTRIBUTES) + " |")
     return "\n".join(lines) + "\n"
 
 
 def evaluate(pipe: DalleMiniPipeline, out: Path, n_prompts: int = 32,
              sampling: GenerationConfig = GenerationConfig()) -> dict:
-    """`pipe`'s CLIP ranks its images; generation itself runs unranked, so the first sample is the sampler's."""
+    """`pipe`'s CLIP ranks its images; generation itself runs unranked, so the first sample is the
+    sampler's."""
     if pipe.clip is None:
         raise ValueError("the evaluation ranks with the pipeline's CLIP, and this pipeline has none")
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,8 @@ def evaluate(pipe: DalleMiniPipeline, out: Path, n_prompts: int = 32,
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m dalle_mini_pt.shapes.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m dalle_mini_pt.shapes.evaluate",
+                                description=__doc__.split("\n\n")[0])
     add_pipeline_arguments(p)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--prompts", type=int, default=32, help="prompts per split")

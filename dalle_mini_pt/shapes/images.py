@@ -29,7 +29,8 @@ class ShapeImages(Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    return {"images": torch.stack([it["images"] for it in items]), "captions": [it["captions"] for it in items]}
+    return {"images": torch.stack([it["images"] for it in items]),
+            "captions": [it["captions"] for it in items]}
 
 
 class ShapeImagesDataModule(pl.LightningDataModule):

@@ -52,7 +52,8 @@ def measure(image) -> dict[str, str]:
 
 def _shape(box: np.ndarray) -> str:
     """From the occupancy of the bounding box at its four quarter points: a circle covers all four, a
-    triangle (apex up) only the lower two, a cross none (they fall between its arms); a square fills the box."""
+    triangle (apex up) only the lower two, a cross none (they fall between its arms); a square fills the
+    box."""
     if box.mean() > 0.9:
         return "square"
     n_y, n_x = box.shape

@@ -67,9 +67,9 @@ def _polygon(shape: str, x0: float, y0: float, side: float) -> list[tuple[float,
     if shape == "triangle":
         return [(x0 + side / 2, y0), (x0 + side, y0 + side), (x0, y0 + side)]
     t = side / 3  # cross: arms one third of the box wide
-    return [(x0 + t, y0), (x0 + 2 * t, y0), (x0 + 2 * t, y0 + t), (x0 + side, y0 + t), (x0 + side, y0 + 2 * t),
-            (x0 + 2 * t, y0 + 2 * t), (x0 + 2 * t, y0 + side), (x0 + t, y0 + side), (x0 + t, y0 + 2 * t),
-            (x0, y0 + 2 * t), (x0, y0 + t), (x0 + t, y0 + t)]
+    return [(x0 + t, y0), (x0 + 2 * t, y0), (x0 + 2 * t, y0 + t), (x0 + side, y0 + t),
+            (x0 + side, y0 + 2 * t), (x0 + 2 * t, y0 + 2 * t), (x0 + 2 * t, y0 + side), (x0 + t, y0 + side),
+            (x0 + t, y0 + 2 * t), (x0, y0 + 2 * t), (x0, y0 + t), (x0 + t, y0 + t)]
 
 
 RESOLUTION = 64
@@ -97,7 +97,8 @@ def render(scene: Scene, resolution: int, rng: random.Random) -> Image.Image:
     return image
 
 
-def make_split(split: str, n: int, resolution: int = RESOLUTION, seed: int = 0) -> tuple[list[str], list[Image.Image]]:
+def make_split(split: str, n: int, resolution: int = RESOLUTION,
+               seed: int = 0) -> tuple[list[str], list[Image.Image]]:
     """n captioned renders of the split's scenes, cycling through every scene before repeating."""
     rng = random.Random(f"{seed}-{split}")
     scenes = split_scenes(split)

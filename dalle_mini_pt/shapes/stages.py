@@ -46,7 +46,8 @@ class Stage:
             self.status = "cached"
             print(f"[{self.name}] cached in {self.dir} (delete it to redo the stage)", flush=True)
             return
-        if self.dir.exists():  # a changed or interrupted stage: its partial outputs must not mix with new ones
+        # a changed or interrupted stage: its partial outputs must not mix with new ones
+        if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
         print(f"[{self.name}] running → {self.dir}", flush=True)
@@ -76,7 +77,8 @@ def _python(*args) -> None:
     """A stage process; its progress bars go straight to this terminal."""
     cmd = [sys.executable, *map(str, args)]
     if subprocess.run(cmd).returncode != 0:
-        raise SystemExit(f"stage command failed: {' '.join(cmd)}\n(finished stages stay cached; fix and re-run)")
+        raise SystemExit(f"stage command failed: {' '.join(cmd)}\n"
+                         "(finished stages stay cached; fix and re-run)")
 
 
 def _train(stage: Stage, overrides: list[str]) -> None:
@@ -100,7 +102,8 @@ def run_pipeline(cfg: DictConfig) -> list[Stage]:
     out = Path(cfg.out_dir).resolve()
     vqgan = Stage(out, "vqgan", train_spec(cfg.stages.vqgan))
     data = Stage(out, "data", {"n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed,
-                               "vocab": cfg.tokenizer_vocab_size, "encode": list(cfg.stages.encode)}, (vqgan,))
+                               "vocab": cfg.tokenizer_vocab_size, "encode": list(cfg.stages.encode)},
+                 (vqgan,))
     dallebart = Stage(out, "dallebart", train_spec(cfg.stages.dallebart), (data,))
     clip = Stage(out, "clip", train_spec(cfg.stages.clip))
     sampling = {k: v for k, v in OmegaConf.to_container(cfg.evaluate).items() if k != "prompts"}
@@ -113,9 +116,10 @@ def run_pipeline(cfg: DictConfig) -> list[Stage]:
     def train_dallebart():
         encoded = data.dir / "encoded"
         _train(dallebart, [*cfg.stages.dallebart, f"data.train_files={encoded / 'train'}/*.parquet",
-                           f"data.val_files={encoded / 'val'}/*.parquet", f"data.tokenizer={data.dir / 'tokenizer'}"])
-        _python("-m", "dalle_mini_pt.export", dallebart.dir / "checkpoints" / "last.ckpt", dallebart.dir / "model",
-                "--tokenizer", data.dir / "tokenizer")
+                           f"data.val_files={encoded / 'val'}/*.parquet",
+                           f"data.tokenizer={data.dir / 'tokenizer'}"])
+        _python("-m", "dalle_mini_pt.export", dallebart.dir / "checkpoints" / "last.ckpt",
+                dallebart.dir / "model", "--tokenizer", data.dir / "tokenizer")
 
     dallebart(train_dallebart)
     clip(lambda: _train(clip, [*cfg.stages.clip, f"model.save_dir={clip.dir / 'model'}"]))

@@ -26,9 +26,10 @@ def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
 
 
 class VQGANModule(pl.LightningModule):
-    """Trains every submodule of `vqgan`. `restart_every` steps, codebook entries no training batch picked since
-    the last check are moved onto random encoder outputs of the current batch; the first check (step 0) thereby
-    initialises the codebook from data, since taming's uniform(±1/n) init sits far from the encoder's outputs."""
+    """Trains every submodule of `vqgan`. `restart_every` steps, codebook entries no training batch picked
+    since the last check are moved onto random encoder outputs of the current batch; the first check
+    (step 0) thereby initialises the codebook from data, since taming's uniform(±1/n) init sits far from
+    the encoder's outputs."""
 
     def __init__(self, vqgan: VQGAN, optimizer: Callable, scheduler: Optional[Callable] = None,
                  codebook_weight: float = 1.0, recon_loss: str = "l2", restart_every: int = 50,
@@ -43,7 +44,8 @@ class VQGANModule(pl.LightningModule):
         self.codebook_weight, self.recon_loss = codebook_weight, RECON_LOSSES[recon_loss]
         self.restart_every, self.save_dir = restart_every, save_dir
         n_embed = vqgan.config.n_embed
-        # not persistent: the counts only span one restart interval, and the VQGAN's own state dict stays taming's
+        # not persistent: the counts only span one restart interval, and the VQGAN's own state dict stays
+        # taming's
         self.register_buffer("train_hits", torch.zeros(n_embed, dtype=torch.long), persistent=False)
         self.register_buffer("val_hits", torch.zeros(n_embed, dtype=torch.long), persistent=False)
 

@@ -68,8 +68,10 @@ class DalleBartModule(pl.LightningModule):
         return 6 * (enc * batch["input_ids"].numel() + dec * batch["labels"].numel())
 
     def configure_optimizers(self):
-        return lightning_optimizers(self, param_groups(self.net), self.optimizer_factory, self.scheduler_factory)
+        return lightning_optimizers(self, param_groups(self.net), self.optimizer_factory,
+                                    self.scheduler_factory)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # lets DalleBart.from_pretrained rebuild the network from a Lightning checkpoint alone (hub/lightning.py)
+        # lets DalleBart.from_pretrained rebuild the network from a Lightning checkpoint alone
+        # (hub/lightning.py)
         checkpoint[CONFIG_KEY] = self.config.to_dict()

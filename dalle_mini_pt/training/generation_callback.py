@@ -94,7 +94,8 @@ class GenerationCallback(pl.Callback):
                 self.vqgan.to(pl_module.device)
                 if self.clip is not None:
                     self.clip.to(pl_module.device)
-                pipe = DalleMiniPipeline(pl_module.net, self._tokenizer(trainer, pl_module), self.vqgan, self.clip)
+                pipe = DalleMiniPipeline(pl_module.net, self._tokenizer(trainer, pl_module), self.vqgan,
+                                         self.clip)
                 results = pipe(self.prompts, self.sampling, clip_top_n=self.clip_top_n, progress=False)
         finally:
             pl_module.train(was_training)

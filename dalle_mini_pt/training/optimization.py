@@ -41,7 +41,8 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, decay: str = "c
 
 
 def warmup_schedule(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, decay: str = "constant",
-                    decay_rate: float = 0.5, transition_steps: int = 1000, staircase: bool = False) -> LambdaLR:
+                    decay_rate: float = 0.5, transition_steps: int = 1000,
+                    staircase: bool = False) -> LambdaLR:
     if decay not in DECAYS:
         raise ValueError(f"scheduler.decay={decay!r} is unknown; use one of {DECAYS}")
     if warmup_steps < 0:
