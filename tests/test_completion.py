@@ -18,7 +18,8 @@ def picture(size=32, seed=0) -> Image.Image:
 def test_kept_rows_are_the_images_codes_and_the_rest_is_sampled(pipe):  # noqa: F811
     image = picture()
     codes = pipe.vqgan.encode(torch.from_numpy(np.array(image))[None])
-    out = pipe(["a red square", "a blue circle"], num_images=3, top_k=8, seed=1, init_image=image, keep_rows=5)
+    out = pipe(["a red square", "a blue circle"], num_images=3, top_k=8, seed=1, init_image=image,
+               keep_rows=5)
     for r in out:
         assert (r.codes[:, :80] == codes[:, :80]).all() and r.keep_rows == 5
         assert not (r.codes[:, 80:] == codes[:, 80:]).all()

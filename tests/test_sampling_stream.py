@@ -29,7 +29,8 @@ def test_a_prefix_is_kept_and_prefilled_as_if_it_had_been_sampled(scale):
     model = tiny_model(sharpen=False)
     ids, mask, uids, umask = prompts()
     prefix = torch.randint(0, 32, (1, 6))
-    kw = dict(num_images=3, top_k=8, condition_scale=scale, uncond_input_ids=uids, uncond_attention_mask=umask)
+    kw = dict(num_images=3, top_k=8, condition_scale=scale, uncond_input_ids=uids,
+              uncond_attention_mask=umask)
     codes, logits = model.generate(ids, mask, seed=2, prefix=prefix, return_logits=True, **kw)
     assert (codes[:, :6] == prefix).all()
     # the one prefill pass left the cache as teacher forcing would: every later step's logits match it
