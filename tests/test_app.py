@@ -24,6 +24,7 @@ from PIL import Image
 
 pytest.importorskip("gradio", reason="the demo needs the [demo] extra: pip install -e .[demo]")
 httpx = pytest.importorskip("httpx")
+pytestmark = pytest.mark.slow  # a real server in a subprocess; tests/test_jobs.py checks the batcher fast
 
 from dalle_mini_pt.model import DalleBart  # noqa: E402
 from dalle_mini_pt.pipeline import DalleMiniPipeline  # noqa: E402

@@ -165,12 +165,15 @@ class Batcher:
             try:
                 self._run(batch)
             except Exception as e:  # a failed batch fails its jobs, never the server
-                for job in batch:
-                    job.events.put(("error", e))
-            finally:
-                with self._cond:
-                    self._running = []
-                    self.jobs_done += len(batch)
+                self._finish(batch, [("error", e)] * len(batch))
+
+    def _finish(self, batch: list[Job], events: list[tuple]) -> None:
+        """Count the jobs done before telling them, so a job that has its result sees itself counted."""
+        with self._cond:
+            self._running = []
+            self.jobs_done += len(batch)
+        for job, event in zip(batch, events):
+            job.events.put(event)
 
     def _next_batch(self) -> Optional[list[Job]]:
         """Wait for a job, then up to `wait` seconds after its arrival for others to merge with it."""
@@ -212,13 +215,16 @@ class Batcher:
         self.sampler_calls += 1
         for written, results in self.pipe.stream(prompts, batch[0].config, every=every, generator=generators,
                                                  init_image=images, keep_rows=keep_rows):
-            start = 0
-            for job in batch:
-                mine = [dataclasses.replace(r, seed=job.config.seed, settings=job.config)
-                        for r in results[start:start + len(job.prompts)]]
+            start, shares = 0, []
+            for job in batch:  # each job's share, named with its own seed and settings
+                shares.append([dataclasses.replace(r, seed=job.config.seed, settings=job.config)
+                               for r in results[start:start + len(job.prompts)]])
                 start += len(job.prompts)
-                if written == length:
+            if written == length:
+                for job, mine in zip(batch, shares):
                     job.results = mine
-                    job.events.put(("done", mine))
-                elif job.stream:
-                    job.events.put(("partial", written, mine))
+                self._finish(batch, [("done", mine) for mine in shares])
+            else:
+                for job, mine in zip(batch, shares):
+                    if job.stream:
+                        job.events.put(("partial", written, mine))

@@ -37,8 +37,8 @@ class Page:
         self.counter = 0
 
     def options(self, num_images, seed, top_k, top_p, temperature, condition_scale) -> dict:
-        """The widgets -> GenerationConfig fields (top-k 0 and top-p 1 are off; a blank seed is random)."""
-        return {"num_images": int(num_images), "seed": None if seed in (None, "") else int(seed),
+        """The widgets -> GenerationConfig fields (top-k 0 and top-p 1 are off; seed -1 is a random one)."""
+        return {"num_images": int(num_images), "seed": None if seed is None or seed < 0 else int(seed),
                 "top_k": int(top_k) or None if top_k is not None else None,
                 "top_p": None if top_p is None or top_p >= 1 else float(top_p),
                 "temperature": float(temperature), "condition_scale": float(condition_scale)}
@@ -105,7 +105,8 @@ def build_blocks(batcher: Batcher, settings: ServerSettings) -> tuple[gr.Blocks,
             num_images = gr.Slider(1, min(16, batcher.batch_images), value=min(defaults.num_images,
                                                                                 batcher.batch_images),
                                    step=1, label="Images")
-            seed = gr.Number(value=None, precision=0, label="Seed (blank: a random one, shown when done)")
+            # Gradio shows a blank number as 0, so "random" needs a value of its own
+            seed = gr.Number(value=-1, precision=0, label="Seed (-1: a random one, shown when done)")
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
                 top_k = gr.Number(value=defaults.top_k or 0, precision=0, minimum=0, label="top-k (0: all)")
