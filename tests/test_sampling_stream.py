@@ -3,7 +3,7 @@ the demo drives the sampler, each checked against plain `generate`."""
 
 import pytest
 import torch
-from test_sampling import prompts, tiny_model
+from test_sampling import prompts, teacher_forced, tiny_model
 
 from dalle_mini_pt.sampling import generate_stream
 
@@ -34,13 +34,7 @@ def test_a_prefix_is_kept_and_prefilled_as_if_it_had_been_sampled(scale):
     codes, logits = model.generate(ids, mask, seed=2, prefix=prefix, return_logits=True, **kw)
     assert (codes[:, :6] == prefix).all()
     # the one prefill pass left the cache as teacher forcing would: every later step's logits match it
-    rows = torch.arange(2).repeat_interleave(3)
-    with torch.no_grad():
-        full = model(ids[rows], mask[rows], model.shift_right(codes))
-        if scale != 1.0:
-            blank = model(uids.expand(6, -1), umask.expand(6, -1), model.shift_right(codes))
-            full = blank + scale * (full - blank)
-    assert (full - logits).abs().max().item() < 1e-5
+    assert (teacher_forced(model, ids, mask, uids, umask, codes, scale) - logits).abs().max().item() < 1e-5
     again = model.generate(ids, mask, seed=2, prefix=prefix, **kw)
     other = model.generate(ids, mask, seed=3, prefix=prefix, **kw)
     assert torch.equal(codes, again) and not torch.equal(codes[:, 6:], other[:, 6:])

@@ -16,7 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before anything im
 import dalle_mini_pt  # noqa: E402,F401  (torchvision fix first)
 
 from ..generate import add_pipeline_arguments, load  # noqa: E402
-from .server import ServerSettings  # noqa: E402
+from .jobs import ServerSettings  # noqa: E402
 
 DEFAULT_PIPELINE = Path("runs/shapes/pipeline")
 

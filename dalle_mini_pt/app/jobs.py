@@ -11,16 +11,21 @@ the Gradio UI both submit `Job`s and read their events.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import io
 import queue
 import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
+from PIL import Image
 
+from ..data.image_sources import load_image
 from ..pipeline import DalleMiniPipeline, PromptImages
 from ..sampling import GenerationConfig, seeded_generator
 
@@ -33,6 +38,41 @@ class BadRequest(ValueError):
     def __init__(self, message: str, status: int = 422):
         super().__init__(message)
         self.status = status
+
+
+@dataclass
+class ServerSettings:
+    batch_images: int = 16  # most images in one sampler call
+    wait: float = 0.05  # seconds a job waits for others to merge with
+    every: Optional[int] = -1  # sampling steps between partial images in the UI (-1: one code row)
+    max_image_bytes: int = 8 * 2**20
+    max_image_pixels: int = 4096 * 4096
+
+
+def decode_image(data: Union[str, bytes], resolution: int, settings: ServerSettings) -> np.ndarray:
+    """base64 text or raw bytes of an image -> the VQGAN's input, fitted as the data encoder fits images;
+    `BadRequest` for what is too big or not an image."""
+    if isinstance(data, str):
+        if len(data) > settings.max_image_bytes * 4 // 3 + 4:
+            raise BadRequest(f"init_image is over {settings.max_image_bytes} bytes", status=413)
+        try:
+            data = base64.b64decode(data.split(",", 1)[-1] if data.startswith("data:") else data,
+                                    validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("init_image is not valid base64") from None
+    if len(data) > settings.max_image_bytes:
+        raise BadRequest(f"init_image is over {settings.max_image_bytes} bytes", status=413)
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only: the size before any pixel
+            w, h = im.size
+    except Exception:
+        raise BadRequest("init_image is not an image file PIL can read (PNG, JPEG, WebP, ...)") from None
+    if w * h > settings.max_image_pixels:
+        raise BadRequest(f"init_image is {w}x{h}, over {settings.max_image_pixels} pixels", status=413)
+    try:
+        return load_image(data, resolution)
+    except Exception as e:
+        raise BadRequest(f"init_image could not be decoded ({e})") from None
 
 
 @dataclass

@@ -14,32 +14,17 @@ chunks) with their CLIP scores, and the seed and settings used. A bad request ge
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
-import io
-from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from PIL import Image
 from pydantic import BaseModel
 
-from ..data.image_sources import load_image
 from ..pipeline import DalleMiniPipeline, PromptImages
 from ..png_metadata import png_bytes
-from .jobs import BadRequest, Batcher
-
-
-@dataclass
-class ServerSettings:
-    batch_images: int = 16  # most images in one sampler call
-    wait: float = 0.05  # seconds a job waits for others to merge with
-    every: Optional[int] = -1  # sampling steps between partial images in the UI (-1: one code row)
-    max_image_bytes: int = 8 * 2**20
-    max_image_pixels: int = 4096 * 4096
+from .jobs import BadRequest, Batcher, ServerSettings, decode_image
 
 
 class GenerateRequest(BaseModel):
@@ -48,32 +33,6 @@ class GenerateRequest(BaseModel):
     options: dict = {}
     init_image: Optional[str] = None
     keep_rows: int = 0
-
-
-def decode_image(data: Union[str, bytes], resolution: int, settings: ServerSettings) -> np.ndarray:
-    """base64 text or raw bytes of an image -> the VQGAN's input, fitted as the data encoder fits images;
-    `BadRequest` for what is too big or not an image."""
-    if isinstance(data, str):
-        if len(data) > settings.max_image_bytes * 4 // 3 + 4:
-            raise BadRequest(f"init_image is over {settings.max_image_bytes} bytes", status=413)
-        try:
-            data = base64.b64decode(data.split(",", 1)[-1] if data.startswith("data:") else data,
-                                    validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequest("init_image is not valid base64") from None
-    if len(data) > settings.max_image_bytes:
-        raise BadRequest(f"init_image is over {settings.max_image_bytes} bytes", status=413)
-    try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only: the size before any pixel
-            w, h = im.size
-    except Exception:
-        raise BadRequest("init_image is not an image file PIL can read (PNG, JPEG, WebP, ...)") from None
-    if w * h > settings.max_image_pixels:
-        raise BadRequest(f"init_image is {w}x{h}, over {settings.max_image_pixels} pixels", status=413)
-    try:
-        return load_image(data, resolution)
-    except Exception as e:
-        raise BadRequest(f"init_image could not be decoded ({e})") from None
 
 
 def result_json(result: PromptImages) -> dict:

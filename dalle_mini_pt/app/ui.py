@@ -20,8 +20,7 @@ import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
 from ..png_metadata import save_png  # noqa: E402
-from .jobs import BadRequest, Batcher, Job  # noqa: E402
-from .server import ServerSettings, decode_image  # noqa: E402
+from .jobs import BadRequest, Batcher, Job, ServerSettings, decode_image  # noqa: E402
 
 THEME = gr.themes.Base(font=["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
                        font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"])
