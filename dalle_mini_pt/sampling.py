@@ -15,6 +15,9 @@ the CPU, since XLA has no `torch.Generator`; a seed then gives the same codes on
 shapes may follow the data: the text is cut after its last real token and each step attends over the
 positions written so far. The super-conditioning mix is taken on the last hidden states, before the affine
 `lm_head` (the same logits), so the head runs on half the rows.
+
+One loop serves `generate` and `generate_stream` (the same codes, with yields of the codes so far); a
+forced prefix (image completion) fills the cache in one teacher-forced pass before the loop starts.
 """
 
 from __future__ import annotations

@@ -33,7 +33,6 @@ class Page:
     def __init__(self, batcher: Batcher, settings: ServerSettings):
         self.batcher, self.settings = batcher, settings
         self.files = Path(tempfile.mkdtemp(prefix="dalle_mini_pt_app_"))
-        self.counter = 0
 
     def options(self, num_images, seed, top_k, top_p, temperature, condition_scale) -> dict:
         """The widgets -> GenerationConfig fields (top-k 0 and top-p 1 are off; seed -1 is a random one)."""
@@ -78,9 +77,7 @@ class Page:
                 return
 
     def finished(self, job: Job, result):
-        self.counter += 1
-        folder = self.files / f"{self.counter:06d}"
-        folder.mkdir()
+        folder = Path(tempfile.mkdtemp(dir=self.files))  # one per run: several run at once
         paths = [str(save_png(image, folder / f"seed{job.config.seed}-{i + 1}.png", result.metadata(i)))
                  for i, image in enumerate(result.images)]
         captions = ([f"CLIP {s:.3f}" for s in result.scores] if result.scores is not None
