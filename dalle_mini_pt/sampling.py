@@ -28,10 +28,13 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from tqdm.auto import tqdm
 
+from . import cuda_graph
 from .huge_pages import move_to_huge_pages
 
 if TYPE_CHECKING:
-    from .model import DalleBart
+    from .model import DalleBart, DecoderCache
+
+STEP_MODES = ("auto", "dynamic", "static", *cuda_graph.MODES)
 
 
 def _option(default, help: str, type=None):
@@ -55,6 +58,10 @@ class GenerationConfig:
     condition_scale: float = _option(1.0, "super-conditioning: uncond + scale * (cond - uncond); 1 is off",
                                      float)
     seed: Optional[int] = _option(None, "makes a run repeatable (default: a fresh random seed)", int)
+    step_mode: str = _option("auto", "how each step runs: dynamic (shapes follow the codes so far), static "
+                             "(one shape for every step), cuda_graph (static, captured once and replayed; "
+                             "CUDA), cuda_graph_compiled (the same, torch.compile'd first); auto: static on "
+                             "XLA, else dynamic", str)
 
     def __post_init__(self) -> None:
         def fail(key: str, problem: str, fix: str) -> None:
@@ -75,10 +82,16 @@ class GenerationConfig:
                  "1 turns super-conditioning off; the reference notebook uses 10")
         if self.seed is not None and not _whole(self.seed):
             fail("seed", "must be a whole number", "or None for a fresh random seed")
+        if self.step_mode not in STEP_MODES:
+            fail("step_mode", "is not a step mode", f"use one of {STEP_MODES}")
 
     @property
     def guided(self) -> bool:
         return self.condition_scale != 1.0
+
+    @property
+    def graphed(self) -> bool:
+        return self.step_mode in cuda_graph.MODES
 
     def replace(self, **changes) -> "GenerationConfig":
         """A copy with `changes`; an unknown name is refused, listing the options."""
@@ -164,7 +177,7 @@ def _cut_graph(device: torch.device) -> None:
         torch_xla.sync()
 
 
-def _check_inputs(model: DalleBart, rows: int, options: GenerationConfig, noise, uncond) -> None:
+def _check_inputs(model: DalleBart, rows: int, options: GenerationConfig, noise, uncond, device) -> None:
     cfg = model.config
     options.check_model(cfg)
     if options.guided and uncond is None:
@@ -174,27 +187,33 @@ def _check_inputs(model: DalleBart, rows: int, options: GenerationConfig, noise,
     if noise is not None and tuple(noise.shape) != expected:
         raise ValueError(f"noise has shape {tuple(noise.shape)}; expected (image_length, rows, image_rows) "
                          f"= {expected}")
+    if options.graphed:
+        cuda_graph.check_device(device, options.step_mode)
+    if device.type == "xla" and options.step_mode == "dynamic":
+        raise ValueError("step_mode='dynamic' compiles a new graph at every step on XLA; use 'auto' or "
+                         "'static'")
 
 
-def _init_cache(model: DalleBart, input_ids, attention_mask, uncond, num_images: int):
+def _init_cache(model: DalleBart, input_ids, attention_mask, uncond, num_images: int, cut_text: bool,
+                out: Optional[DecoderCache] = None):
     """One encoder pass over the prompts and the unconditional prompt. Rows are grouped by the prompt they
     attend to: the images of each prompt, then (guided) one unconditional group mirroring each of those.
 
-    Off XLA the text is cut after its last real token: padding is masked out of every attention, so it
-    changes nothing but the work (a 12-token prompt encodes 5x faster than its 64 padded positions)."""
+    With `cut_text` the text is cut after its last real token: padding is masked out of every attention, so
+    it changes nothing but the work (a 12-token prompt encodes 5x faster than its 64 padded positions)."""
     ids, mask = input_ids, attention_mask
     prompts = input_ids.shape[0]
     if uncond is not None:
         ids = torch.cat([ids, uncond[0][:1].to(ids.device)])
         mask = torch.cat([mask, uncond[1][:1].to(ids.device)])
-    if ids.device.type != "xla" and mask.any():
+    if cut_text and mask.any():
         length = int(mask.any(0).nonzero().max()) + 1
         ids, mask = ids[:, :length], mask[:, :length]
     states = model.encoder(ids, mask)
     if uncond is not None and prompts > 1:
         index = torch.arange(2 * prompts, device=ids.device).clamp_(max=prompts)
         states, mask = states[index], mask[index]
-    return model.decoder.init_cache(states, mask, rows_per_state=num_images)
+    return model.decoder.init_cache(states, mask, rows_per_state=num_images, out=out)
 
 
 def generate(
@@ -218,13 +237,14 @@ def generate(
     row `p * num_images + i` is image i of prompt p. Returns codes (rows, image_length), plus, with
     `return_logits`, the per-step logits after super-conditioning and before the warpers
     (rows, image_length, image_rows). `noise` (image_length, rows, image_rows) replaces the Gumbel draws.
-    `progress`: a bar over the steps; None shows it only on a terminal.
+    `progress`: a bar over the steps; None shows it only on a terminal. Raises FloatingPointError if the
+    logits turn inf or NaN (float16 overflow).
     """
     config = (generation_config or GenerationConfig()).replace(**options)
     device = input_ids.device
     rows = input_ids.shape[0] * config.num_images
     uncond = None if uncond_input_ids is None else (uncond_input_ids, uncond_attention_mask)
-    _check_inputs(model, rows, config, noise, uncond)
+    _check_inputs(model, rows, config, noise, uncond, device)
     if generator is None and noise is None:
         generator = torch.Generator(device="cpu" if device.type == "xla" else device)
         generator.manual_seed(config.seed if config.seed is not None else torch.seed())
@@ -232,44 +252,135 @@ def generate(
         move_to_huge_pages(model)
     # torch-xla cannot take views of inference tensors
     with torch.no_grad() if device.type == "xla" else torch.inference_mode():
+        slot = _graph_slot(model, input_ids, rows, config, noise, return_logits) if config.graphed else None
         cache = _init_cache(model, input_ids, attention_mask, uncond if config.guided else None,
-                            config.num_images)
-        return _sample(model, cache, rows, config, generator, noise, return_logits, progress)
+                            config.num_images, cut_text=device.type != "xla" and not config.graphed,
+                            out=slot.loop.cache if slot and slot.loop else None)
+        return _sample(model, cache, rows, config, generator, noise, return_logits, progress, slot)
+
+
+def _graph_slot(model: DalleBart, input_ids, rows: int, options: GenerationConfig, noise, return_logits):
+    """The model's kept loop state and graph, if a previous call had the same shapes, options and weights;
+    else a fresh slot (the text keeps its padded length in graph modes, so every prompt shares one)."""
+    key = (tuple(input_ids.shape), rows, options.guided, options.top_k, options.top_p, options.min_p,
+           options.step_mode, noise is not None, return_logits, cuda_graph.weights_key(model.decoder))
+    return cuda_graph.slot(model.decoder, key, input_ids.device)
+
+
+@dataclass
+class _Loop:
+    """Every tensor a decoding step reads or writes, so that a captured step can be replayed on them."""
+
+    cache: DecoderCache
+    tokens: torch.Tensor  # (rows or 2 rows,) the last codes, fed back in; unconditional rows mirror them
+    codes: torch.Tensor  # (rows, image_length)
+    position: torch.Tensor  # (1,) the step index
+    temperature: torch.Tensor
+    scale: torch.Tensor
+    not_a_code: torch.Tensor  # (image_rows,) ids outside the codebook, never drawn
+    noise_buffer: torch.Tensor  # (rows, image_rows) this step's Gumbel draws
+    overflow_at: torch.Tensor  # (1,) the first step with non-finite logits; image_length while there is none
+    noise: Optional[torch.Tensor]  # supplied noise on the device
+    logits: Optional[torch.Tensor]  # (rows, image_length, image_rows) with return_logits
+
+
+def _new_loop(model: DalleBart, cache, rows: int, options: GenerationConfig, noise, return_logits) -> _Loop:
+    cfg, device = model.config, cache.self_k.device
+    scalar = lambda dtype: torch.zeros(1, dtype=dtype, device=device)  # noqa: E731
+    return _Loop(
+        cache=cache, tokens=torch.empty((2 * rows if options.guided else rows,), dtype=torch.long,
+                                        device=device),
+        codes=torch.empty((rows, cfg.image_length), dtype=torch.long, device=device),
+        position=scalar(torch.long), temperature=scalar(torch.float32)[0], scale=scalar(torch.float32)[0],
+        not_a_code=torch.arange(cfg.image_rows, device=device) >= cfg.codebook_size,
+        noise_buffer=torch.empty((rows, cfg.image_rows), device=device), overflow_at=scalar(torch.long),
+        noise=None if noise is None else torch.empty(noise.shape, device=device),
+        logits=(torch.empty((rows, cfg.image_length, cfg.image_rows), device=device) if return_logits
+                else None))
+
+
+def _start_loop(loop: _Loop, model: DalleBart, options: GenerationConfig, noise) -> None:
+    """The values a generation starts from, written into the loop's tensors (a kept loop's included)."""
+    loop.tokens.fill_(model.config.decoder_start_token_id)
+    loop.position.zero_()
+    loop.temperature.fill_(float(options.temperature))
+    loop.scale.fill_(float(options.condition_scale))
+    loop.overflow_at.fill_(model.config.image_length)
+    if noise is not None:
+        loop.noise.copy_(noise)
+
+
+def _step(model: DalleBart, loop: _Loop, options: GenerationConfig, generator, length: Optional[int]):
+    """One code for every row, at `loop.position`; `length` (position + 1, on the host) for the dynamic
+    shapes, None for the one shape of every step."""
+    rows = loop.codes.shape[0]
+    h = model.decoder.step(loop.tokens, loop.position, loop.cache, length=length)
+    if options.guided:  # uncond + scale * (cond - uncond) of the logits, taken before the affine lm_head
+        cond, uncond_h = h[:rows].float(), h[rows:].float()
+        h = (uncond_h + loop.scale * (cond - uncond_h)).to(h.dtype)
+    logits = model.decoder.lm_head(h).float()
+    # any inf or NaN makes the sum non-finite: one reduction per step, read on the host after the loop
+    bad = ~torch.isfinite(logits.sum())
+    torch.minimum(loop.overflow_at, torch.where(bad, loop.position, loop.overflow_at), out=loop.overflow_at)
+    if loop.logits is not None:
+        loop.logits.index_copy_(1, loop.position, logits[:, None])
+    logits = apply_warpers(logits.masked_fill(loop.not_a_code, float("-inf")), loop.temperature,
+                           options.top_k, options.top_p, options.min_p)
+    if loop.noise is not None:
+        g = loop.noise.index_select(0, loop.position)[0]
+    else:
+        g = gumbel_noise(logits.shape, generator, logits.device, out=loop.noise_buffer)
+    nxt = torch.argmax(logits + g, dim=-1)
+    loop.codes.index_copy_(1, loop.position, nxt[:, None])  # at the step tensor: one graph for all steps
+    loop.tokens.view(-1, rows).copy_(nxt)  # the unconditional rows mirror the conditional ones
+    loop.position += 1
 
 
 def _sample(model: DalleBart, cache, rows: int, options: GenerationConfig, generator, noise,
-            return_logits: bool, progress):
-    cfg, device, guided = model.config, cache.self_k.device, options.guided
-    static = device.type == "xla"  # every step the same shapes, and no step length read on the host
-    temperature = torch.tensor(float(options.temperature), device=device)
-    scale = torch.tensor(float(options.condition_scale), device=device)
-    tokens = torch.full((2 * rows if guided else rows,), cfg.decoder_start_token_id, dtype=torch.long,
-                        device=device)
-    codes = torch.empty((rows, cfg.image_length), dtype=torch.long, device=device)
-    all_logits = (torch.empty((rows, cfg.image_length, cfg.image_rows), device=device) if return_logits
-                  else None)
-    not_a_code = torch.arange(cfg.image_rows, device=device) >= cfg.codebook_size
-    noise_buffer = torch.empty((rows, cfg.image_rows), device=device)
-    position = torch.zeros(1, dtype=torch.long, device=device)
+            return_logits: bool, progress, slot: Optional[cuda_graph.Slot] = None):
+    cfg, device = model.config, cache.self_k.device
+    static = options.step_mode != "dynamic" and (options.step_mode != "auto" or device.type == "xla")
+    if slot is not None and slot.loop is None:
+        slot.loop = _new_loop(model, cache, rows, options, noise, return_logits)
+    loop = slot.loop if slot is not None else _new_loop(model, cache, rows, options, noise, return_logits)
+    _start_loop(loop, model, options, noise)
+    if slot is not None:  # the graph draws from the slot's generator, registered with it
+        slot.take_generator_state(generator)
+    draws = slot.generator if slot is not None else generator
     _cut_graph(device)
 
     steps = tqdm(range(cfg.image_length), disable=None if progress is None else not progress,
                  desc="sampling codes", leave=False)
     for t in steps:
-        h = model.decoder.step(tokens, position, cache, length=None if static else t + 1)
-        if guided:  # uncond + scale * (cond - uncond) of the logits, taken before the affine lm_head
-            cond, uncond_h = h[:rows].float(), h[rows:].float()
-            h = (uncond_h + scale * (cond - uncond_h)).to(h.dtype)
-        logits = model.decoder.lm_head(h).float()
-        if return_logits:
-            all_logits.index_copy_(1, position, logits[:, None])
-        logits = apply_warpers(logits.masked_fill(not_a_code, float("-inf")), temperature, options.top_k,
-                               options.top_p, options.min_p)
-        g = noise[t].to(device) if noise is not None else gumbel_noise(logits.shape, generator, device,
-                                                                         out=noise_buffer)
-        nxt = torch.argmax(logits + g, dim=-1)
-        codes.index_copy_(1, position, nxt[:, None])  # indexed by the step tensor: one graph for all steps
-        tokens.view(-1, rows).copy_(nxt)  # the unconditional rows mirror the conditional ones
-        position += 1
+        if slot is not None:
+            slot.run_step(lambda: _step(model, loop, options, draws, None),
+                          compile=options.step_mode == "cuda_graph_compiled")
+        else:
+            _step(model, loop, options, draws, None if static else t + 1)
         _cut_graph(device)
-    return (codes, all_logits) if return_logits else codes
+    if slot is not None:
+        slot.give_generator_state(generator)
+    _raise_on_overflow(model, loop)
+    codes, logits = (loop.codes, loop.logits) if slot is None else (loop.codes.clone(), _clone(loop.logits))
+    return (codes, logits) if return_logits else codes
+
+
+def _clone(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.clone()  # a kept loop's tensors are overwritten by the next call
+
+
+def _raise_on_overflow(model: DalleBart, loop: _Loop) -> None:
+    """An error, not a quiet retry in another dtype: a retry would double the time and (float32) the weight
+    memory behind the caller's back, and hide that this model does not fit float16's range."""
+    first, steps = int(loop.overflow_at), model.config.image_length  # the loop's one read on the host
+    if first >= steps:
+        return
+    if model.decoder.lm_head.weight.dtype is torch.float16:
+        cause = "float16 overflowed: activations beyond its largest value, 65504, became inf"
+        fix = ("run the model in bfloat16 (model.to(torch.bfloat16): float32's range, float16's speed on "
+               "GPUs since Ampere) or in float32")
+    else:
+        cause = "the weights or the inputs hold inf or NaN"
+        fix = "check the checkpoint with torch.isfinite on every parameter"
+    raise FloatingPointError(f"the logits turned inf/NaN at step {first} of {steps} ({cause}); the codes "
+                             f"would be garbage. Fix: {fix}.")
