@@ -212,7 +212,7 @@ def agreement_worker(spec: dict) -> dict:
     free = generate(model, ids, mask, greedy, **common)[0]
     # infinite noise on fp32's code makes the sampler draw it, whatever the bf16 logits say
     noise = torch.zeros(config.image_length, 1, config.image_rows, device=ids.device)
-    noise[torch.arange(config.image_length), 0, reference] = float("inf")
+    noise[torch.arange(config.image_length, device=ids.device), 0, reference] = float("inf")
     _, logits = generate(model, ids, mask, greedy, noise=noise, return_logits=True, **common)
     forced = logits[0, :, :config.codebook_size].argmax(-1)
     differs = (free != reference).nonzero()
