@@ -12,9 +12,12 @@ cross-attention K/V are computed once per prompt, the self-attention K/V cache i
 at the step index, and the step index is a tensor. On torch-xla each step is cut into its own graph (one
 compile serves all 256 steps, instead of one program unrolled over them), and the Gumbel noise is drawn on
 the CPU, since XLA has no `torch.Generator`; a seed then gives the same codes on both devices. Off XLA the
-shapes may follow the data: the text is cut after its last real token and each step attends over the
-positions written so far. The super-conditioning mix is taken on the last hidden states, before the affine
-`lm_head` (the same logits), so the head runs on half the rows.
+shapes may follow the data (`step_mode="dynamic"`, the default there): the text is cut after its last real
+token and each step attends over the positions written so far. Every tensor a step touches lives in one
+`_Loop`, so the fixed-shape step can also be captured in a CUDA graph and replayed (`cuda_graph.py`). The
+super-conditioning mix is taken on the last hidden states, before the affine `lm_head` (the same logits),
+so the head runs on half the rows. Non-finite logits (float16 overflow) are flagged on the device at each
+step and raised as an error after the loop.
 """
 
 from __future__ import annotations
