@@ -25,7 +25,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     .whl/*.whl || { echo "wheel install failed: run scripts/gpu_wheels.sh before the call, carry .whl"; exit 1; }
 export PYTHONPATH="/tmp/site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
-python3 -c "import torch, pytorch_lightning, transformers; print('torch', torch.__version__, 'cuda',
+python3 -c "import dalle_mini_pt, torch, pytorch_lightning, transformers; print('torch', torch.__version__, 'cuda',
 torch.version.cuda, 'lightning', pytorch_lightning.__version__, 'transformers', transformers.__version__)"
 
 left() { echo $(( BUDGET - SECONDS )); }
@@ -68,6 +68,7 @@ phase train_compiled 80 $B --size mini --sections train floors --train-sizes 100
     python3 benchmarks/bench.py --readme-table $(ls "$OUT"/bench_mini.json "$OUT"/bench_modes.json \
         "$OUT"/bench_compiled.json "$OUT"/bench_mega.json 2>/dev/null)
     for f in "$OUT"/bench_*.json; do
+        [ -e "$f" ] || continue
         echo; echo "# $(basename "$f")"; echo
         python3 -c "import json, sys; sys.path.insert(0, 'benchmarks'); from bench_report import markdown
 print(markdown(json.load(open('$f'))))"
