@@ -18,6 +18,7 @@ loop: asking for a graph and silently not getting one would hide a several-fold 
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -37,6 +38,7 @@ class Counts:
 
 COUNTS = Counts()
 _SLOTS: "weakref.WeakKeyDictionary[nn.Module, Slot]" = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
 
 
 def check_device(device: torch.device, mode: str) -> None:
@@ -85,6 +87,10 @@ class Slot:
     loop: Any = None  # the sampler's loop state, built on first use
     generator: Optional[torch.Generator] = None
     step: Optional[GraphedStep] = None
+    busy: bool = False  # a generation is running on it
+
+    def done(self) -> None:
+        self.busy = False
 
     def run_step(self, fn: Callable[[], None], compile: bool) -> None:
         if self.step is None:
@@ -105,14 +111,19 @@ class Slot:
 
 
 def slot(owner: nn.Module, key: tuple, device: torch.device) -> Slot:
-    """`owner`'s slot for `key`; one with another key is dropped first (its cache and graph memory with
-    it), so a model holds at most one."""
-    kept = _SLOTS.get(owner)
-    if kept is not None and kept.key == key:
-        return kept
-    _SLOTS.pop(owner, None)
-    new = _SLOTS[owner] = Slot(key, generator=torch.Generator(device=device))
-    return new
+    """`owner`'s slot for `key`, marked busy until `done()`. A kept one with another key is dropped (its
+    cache and graph memory with it), so a model holds at most one. While the kept one is busy (another
+    thread, or a stream not yet finished, generating on this model) the caller gets a slot of its own that
+    is not kept: sharing would let two generations overwrite each other's tensors."""
+    with _LOCK:
+        kept = _SLOTS.get(owner)
+        if kept is not None and kept.key == key and not kept.busy:
+            kept.busy = True
+            return kept
+        new = Slot(key, generator=torch.Generator(device=device), busy=True)
+        if kept is None or not kept.busy:
+            _SLOTS[owner] = new
+        return new
 
 
 def release(owner: nn.Module) -> None:

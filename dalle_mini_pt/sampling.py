@@ -341,18 +341,29 @@ def _step(model: DalleBart, loop: _Loop, options: GenerationConfig, generator, l
 
 def _sample(model: DalleBart, cache, rows: int, options: GenerationConfig, generator, noise,
             return_logits: bool, progress, slot: Optional[cuda_graph.Slot] = None):
-    cfg, device = model.config, cache.self_k.device
-    static = options.step_mode != "dynamic" and (options.step_mode != "auto" or device.type == "xla")
     if slot is not None and slot.loop is None:
         slot.loop = _new_loop(model, cache, rows, options, noise, return_logits)
     loop = slot.loop if slot is not None else _new_loop(model, cache, rows, options, noise, return_logits)
     _start_loop(loop, model, options, noise)
+    try:
+        _run_steps(model, loop, options, generator, progress, slot)
+        _raise_on_overflow(model, loop)
+        codes, logits = (loop.codes, loop.logits) if slot is None else (loop.codes.clone(),
+                                                                        _clone(loop.logits))
+    finally:
+        if slot is not None:
+            slot.done()
+    return (codes, logits) if return_logits else codes
+
+
+def _run_steps(model: DalleBart, loop: _Loop, options: GenerationConfig, generator, progress, slot) -> None:
+    device = loop.codes.device
+    static = options.step_mode != "dynamic" and (options.step_mode != "auto" or device.type == "xla")
     if slot is not None:  # the graph draws from the slot's generator, registered with it
         slot.take_generator_state(generator)
     draws = slot.generator if slot is not None else generator
     _cut_graph(device)
-
-    steps = tqdm(range(cfg.image_length), disable=None if progress is None else not progress,
+    steps = tqdm(range(model.config.image_length), disable=None if progress is None else not progress,
                  desc="sampling codes", leave=False)
     for t in steps:
         if slot is not None:
@@ -363,9 +374,6 @@ def _sample(model: DalleBart, cache, rows: int, options: GenerationConfig, gener
         _cut_graph(device)
     if slot is not None:
         slot.give_generator_state(generator)
-    _raise_on_overflow(model, loop)
-    codes, logits = (loop.codes, loop.logits) if slot is None else (loop.codes.clone(), _clone(loop.logits))
-    return (codes, logits) if return_logits else codes
 
 
 def _clone(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -69,6 +69,20 @@ def test_a_kept_cache_is_refilled_in_place():
             _init_cache(model, ids, mask, (uids, umask), 2, cut_text=False, out=kept)
 
 
+def test_a_model_keeps_one_slot_and_never_shares_a_busy_one():
+    owner, cpu = torch.nn.Linear(1, 1), torch.device("cpu")
+    first = cuda_graph.slot(owner, ("a",), cpu)
+    during = cuda_graph.slot(owner, ("a",), cpu)  # e.g. another thread generating on the same model
+    assert during is not first and cuda_graph._SLOTS[owner] is first
+    first.done()
+    assert cuda_graph.slot(owner, ("a",), cpu) is first
+    first.done()
+    other = cuda_graph.slot(owner, ("b",), cpu)  # other shapes: the kept slot is replaced
+    assert cuda_graph._SLOTS[owner] is other
+    cuda_graph.release(owner)
+    assert owner not in cuda_graph._SLOTS
+
+
 def overflowing_model():
     """Fine in float32; in float16 the first layer's FFN output passes 65504 and becomes inf."""
     model = tiny_model()
