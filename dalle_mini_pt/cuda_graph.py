@@ -8,9 +8,10 @@ a `Slot` that the model keeps between calls: a later call with the same shapes, 
 those tensors and replays the graph the first call captured. `COUNTS` counts captures and replays
 process-wide, so tests and the benchmark can check that nothing is captured again after warm-up.
 
-Random numbers are drawn inside the graph from the slot's own CUDA generator, registered with the graph
-(PyTorch's graph-safe RNG moves its offset on at every replay); the caller's generator state is copied in
-before the loop and back after it, so a seed gives the codes of the eager fixed-shape loop.
+Random numbers are drawn inside the graph from the slot's own CUDA generators (one per block of rows that
+has its own), registered with the graph (PyTorch's graph-safe RNG moves their offsets on at every replay);
+the caller's generator states are copied in before the loop and back after it, so a seed gives the codes
+of the eager fixed-shape loop.
 
 On any device but CUDA the sampler refuses these modes with an error rather than falling back to the eager
 loop: asking for a graph and silently not getting one would hide a several-fold slowdown.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -52,10 +53,10 @@ class GraphedStep:
     """Calls `fn` (no arguments; it reads and writes only tensors that outlive this object): the first call
     runs it eagerly on a side stream and then captures it, every later call replays the capture."""
 
-    def __init__(self, fn: Callable[[], None], generator: torch.Generator, compile: bool = False):
+    def __init__(self, fn: Callable[[], None], generators: list, compile: bool = False):
         # dynamic=False: one shape for every step, so nothing is traced twice
         self.fn: Optional[Callable[[], None]] = torch.compile(fn, dynamic=False) if compile else fn
-        self.generator = generator
+        self.generators = generators
         self.graph: Optional[torch.cuda.CUDAGraph] = None
 
     def __call__(self) -> None:
@@ -72,7 +73,8 @@ class GraphedStep:
         torch.cuda.current_stream().wait_stream(stream)
         COUNTS.warmup_steps += 1
         graph = torch.cuda.CUDAGraph()
-        graph.register_generator_state(self.generator)
+        for generator in self.generators:
+            graph.register_generator_state(generator)
         with torch.cuda.graph(graph):
             self.fn()
         self.graph, self.fn = graph, None  # fn holds the model: the slot must not keep it alive
@@ -85,7 +87,7 @@ class Slot:
 
     key: tuple
     loop: Any = None  # the sampler's loop state, built on first use
-    generator: Optional[torch.Generator] = None
+    generators: list = field(default_factory=list)
     step: Optional[GraphedStep] = None
     busy: bool = False  # a generation is running on it
 
@@ -94,23 +96,23 @@ class Slot:
 
     def run_step(self, fn: Callable[[], None], compile: bool) -> None:
         if self.step is None:
-            self.step = GraphedStep(fn, self.generator, compile)
+            self.step = GraphedStep(fn, self.generators, compile)
         self.step()
 
-    def take_generator_state(self, generator: Optional[torch.Generator]) -> None:
-        if generator is None:
-            return
-        if generator.device.type != "cuda":
-            raise ValueError(f"a CUDA graph draws its noise on the GPU; the generator is on "
-                             f"{generator.device.type} (pass torch.Generator(device='cuda') or a seed)")
-        self.generator.set_state(generator.get_state())
+    def take_generator_states(self, generators: list) -> None:
+        """The callers' generators (one per block of rows; none with supplied noise) into the slot's own."""
+        for theirs, mine in zip(generators, self.generators):
+            if theirs.device.type != "cuda":
+                raise ValueError(f"a CUDA graph draws its noise on the GPU; the generator is on "
+                                 f"{theirs.device.type} (pass torch.Generator(device='cuda') or a seed)")
+            mine.set_state(theirs.get_state())
 
-    def give_generator_state(self, generator: Optional[torch.Generator]) -> None:
-        if generator is not None:  # the caller's generator moves on as if it had drawn the noise itself
-            generator.set_state(self.generator.get_state())
+    def give_generator_states(self, generators: list) -> None:
+        for theirs, mine in zip(generators, self.generators):  # as if they had drawn the noise themselves
+            theirs.set_state(mine.get_state())
 
 
-def slot(owner: nn.Module, key: tuple, device: torch.device) -> Slot:
+def slot(owner: nn.Module, key: tuple, device: torch.device, generators: int = 1) -> Slot:
     """`owner`'s slot for `key`, marked busy until `done()`. A kept one with another key is dropped (its
     cache and graph memory with it), so a model holds at most one. While the kept one is busy (another
     thread, or a stream not yet finished, generating on this model) the caller gets a slot of its own that
@@ -120,7 +122,7 @@ def slot(owner: nn.Module, key: tuple, device: torch.device) -> Slot:
         if kept is not None and kept.key == key and not kept.busy:
             kept.busy = True
             return kept
-        new = Slot(key, generator=torch.Generator(device=device), busy=True)
+        new = Slot(key, generators=[torch.Generator(device=device) for _ in range(generators)], busy=True)
         if kept is None or not kept.busy:
             _SLOTS[owner] = new
         return new

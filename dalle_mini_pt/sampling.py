@@ -359,9 +359,10 @@ def _sample(model: DalleBart, cache, rows: int, options: GenerationConfig, gener
 def _run_steps(model: DalleBart, loop: _Loop, options: GenerationConfig, generator, progress, slot) -> None:
     device = loop.codes.device
     static = options.step_mode != "dynamic" and (options.step_mode != "auto" or device.type == "xla")
+    callers = [] if generator is None else [generator]
     if slot is not None:  # the graph draws from the slot's generator, registered with it
-        slot.take_generator_state(generator)
-    draws = slot.generator if slot is not None else generator
+        slot.take_generator_states(callers)
+    draws = slot.generators[0] if slot is not None else generator
     _cut_graph(device)
     steps = tqdm(range(model.config.image_length), disable=None if progress is None else not progress,
                  desc="sampling codes", leave=False)
@@ -373,7 +374,7 @@ def _run_steps(model: DalleBart, loop: _Loop, options: GenerationConfig, generat
             _step(model, loop, options, draws, None if static else t + 1)
         _cut_graph(device)
     if slot is not None:
-        slot.give_generator_state(generator)
+        slot.give_generator_states(callers)
 
 
 def _clone(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
