@@ -14,14 +14,14 @@ such as `conf/clip/tiny.yaml`, or `none`. Each sampling option has a flag (`--to
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
-
-import dalle_mini_pt  # noqa: F401  (torchvision fix first)
+from PIL import Image
 
 from .pipeline import DEFAULT_GENERATION, DalleMiniPipeline
-from .sampling import add_arguments, from_arguments
+from .sampling import GenerationConfig, add_arguments, from_arguments
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,7 +52,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = p.parse_args(argv)
     check_pipeline_arguments(p, args)
+    check_outputs(p, args)
+    try:  # the flags alone, before any model is loaded; a saved pipeline's defaults are merged in later
+        from_arguments(args, GenerationConfig())
+    except (TypeError, ValueError) as err:
+        p.error(str(err))
     return args
+
+
+def check_outputs(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse outputs that cannot be written before anything is loaded or sampled."""
+    if args.scale < 1:
+        p.error(f"--scale {args.scale} must be >= 1: it enlarges each image that many times in the grid")
+    out = args.out
+    if out.is_dir():
+        p.error(f"--out {out} is a directory; name the grid file in it, e.g. --out {out / 'grid.png'}")
+    formats = Image.registered_extensions()
+    if formats.get(out.suffix.lower()) not in Image.SAVE:
+        p.error(f"--out {out}: {out.suffix or 'no suffix'} is not an image format PIL writes; end it in .png")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        p.error(f"--out {out}: its folder cannot be created ({err.strerror})")
+    if not os.access(out.parent, os.W_OK):
+        p.error(f"--out {out}: no permission to write in {out.parent}")
 
 
 def load(args) -> DalleMiniPipeline:
@@ -78,7 +101,6 @@ def main(argv=None) -> list[Path]:
                    progress=None)
     paths = output_paths(args.out, len(results))
     for result, path in zip(results, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
         result.grid(scale=args.scale).save(path)
         scores = ", ".join(f"{s:.3f}" for s in result.scores) if result.scores is not None else "(no CLIP)"
         print(f"{path}\t{result.prompt!r}\tCLIP: {scores}")

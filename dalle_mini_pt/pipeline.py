@@ -173,11 +173,14 @@ class DalleMiniPipeline:
         return next(self.model.parameters()).device
 
     def _prepare(self, prompts: Union[str, Sequence[str]]) -> list[str]:
+        if not isinstance(prompts, (str, Sequence)):
+            raise TypeError(f"prompts must be a string or a list of strings; got {type(prompts).__name__}")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("no prompts given: pass a string or a list of strings")
-        if any(not isinstance(p, str) for p in prompts):
-            raise TypeError("prompts must be strings")
+        wrong = [p for p in prompts if not isinstance(p, str)]
+        if wrong:
+            raise TypeError(f"prompts must be strings; got {type(wrong[0]).__name__} {wrong[0]!r}")
         if any(not p.strip() for p in prompts):
             warnings.warn("an empty prompt is the unconditional prompt: its images follow no text",
                           stacklevel=3)

@@ -3,19 +3,33 @@
     python -m dalle_mini_pt.train +experiment=debug          # seconds on a CPU (tiny model, tiny data)
     python -m dalle_mini_pt.train +experiment=tpu            # the 2021 recipe on a TPU v3-8
     python -m dalle_mini_pt.train ckpt_path=.../last.ckpt    # resume (step, optimizer and schedule)
+    python -m dalle_mini_pt.train hydra.run.dir=RUN_DIR ckpt_path=last   # restart a preempted run in RUN_DIR
+
+Importing any module of the package runs `dalle_mini_pt/__init__.py` first, which patches torchvision before
+Lightning imports it.
 """
 
 from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-import dalle_mini_pt  # noqa: F401  (patches torchvision before Lightning is imported)
 from dalle_mini_pt.config import DalleBartConfig
 from dalle_mini_pt.config_dir import CONFIG_DIR
+from dalle_mini_pt.training.preflight import (
+    check_learning_rate,
+    check_resume,
+    check_trainer_values,
+    resolve_last,
+)
 
 
 def check_compatible(datamodule, model) -> None:
@@ -41,6 +55,8 @@ def instantiate_group(group) -> list:
 
 def build(cfg: DictConfig):
     """Instantiate data, model, callbacks, loggers and trainer from a composed config."""
+    check_trainer_values(cfg.trainer)
+    check_learning_rate(cfg.optimizer)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler))
     check_compatible(datamodule, model)
@@ -52,11 +68,34 @@ def build(cfg: DictConfig):
     return datamodule, model, trainer
 
 
+def resume_path(cfg: DictConfig, trainer, model):
+    """`ckpt_path` resolved (`last`: the newest of this run directory) and checked before any work."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "last":
+        ckpt_path = resolve_last(trainer)
+        if ckpt_path is None:
+            print("ckpt_path=last: no checkpoint in this run directory yet, so training starts afresh")
+    if ckpt_path is None:
+        return None
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    check_resume(Path(ckpt_path), trainer, model)
+    return str(ckpt_path)
+
+
 def train(cfg: DictConfig) -> dict:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    ckpt_path = resume_path(cfg, trainer, model)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        saved = [c.saved for c in trainer.callbacks if getattr(c, "saved", None)]
+        where = f"saved {saved[0]}" if saved else "no checkpoint saved (add callbacks.preemption)"
+        print(f"stopped by SIGTERM after step {trainer.global_step}; {where}. Restart with the same command "
+              f"plus hydra.run.dir={cfg.paths.output_dir} ckpt_path=last", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["global_step"] = trainer.global_step
     return metrics

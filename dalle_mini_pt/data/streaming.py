@@ -104,16 +104,26 @@ class StreamingDataModule(pl.LightningDataModule):
         return 0, 1
 
     def _index(self, files: list[str], key: str, row_filter: RowFilter) -> ShardIndex:
-        index = ShardIndex(files, key, row_filter, self.columns)
-        # read one row group now, so shards of the wrong VQGAN or model fail before training starts
-        pf = open_parquet(files[0])
-        if pf.metadata.num_row_groups:
-            try:
+        try:
+            index = ShardIndex(files, key, row_filter, self.columns)
+            # read one row group now, so shards of the wrong VQGAN or model fail before training starts
+            pf = open_parquet(files[0])
+            if pf.metadata.num_row_groups:
                 check_codes(files[0], pf.read_row_group(0, columns=[self.columns["data.encoding_column"]])
                             .column(0), self.image_length, self.codebook_size)
-            except ValueError as err:
-                raise ValueError(f"{key}: {err}") from None
+        except ValueError as err:
+            raise ValueError(f"{key}: {err}") from None
         return index
+
+    def _nonempty(self, stream: ShardStream, key: str) -> ShardStream:
+        """Lightning runs an epoch of no batches without a word: refuse before the first step instead."""
+        if not len(stream):
+            filtered = " after the filters" if key == "data.train_files" and self.row_filter.columns else ""
+            raise ValueError(f"{key}: {stream.index.num_rows} rows{filtered} make no batch of "
+                             f"data.batch_size={self.batch_size} on {stream.world_size} device(s) "
+                             f"(data.drop_last={self.drop_last}), so nothing would be trained or measured. "
+                             "Lower data.batch_size or add rows")
+        return stream
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_index is None:
@@ -134,16 +144,21 @@ class StreamingDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> StreamLoader:
         if self.train_index is None:
             self.setup("fit")
-        return StreamLoader(self._stream(self.train_index, train=True), self.position, self._epoch,
-                            self.num_workers, pin_memory=torch.cuda.is_available())
+        stream = self._nonempty(self._stream(self.train_index, train=True), "data.train_files")
+        return StreamLoader(stream, self.position, self._epoch, self.num_workers,
+                            pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self):
         if not self.val_files:
             return []
         if self.val_index is None:
             self.setup("validate")
-        return StreamLoader(self._stream(self.val_index, train=False), StreamPosition(), lambda: 0,
-                            self.num_workers, pin_memory=torch.cuda.is_available())
+        # a plain loader: every pass reads the whole set from its start. (A StreamLoader resumes where the
+        # last pass stopped, and Lightning stops after len() batches without exhausting the iterator, so
+        # every second validation pass read nothing.)
+        stream = self._nonempty(self._stream(self.val_index, train=False), "data.val_files")
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available())
 
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else self.position.epoch
