@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.plugins.io.xla import XLACheckpointIO
 from pytorch_lightning.callbacks import OnExceptionCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -23,8 +24,26 @@ def _is_local(path) -> bool:
     return "://" not in str(path)
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_atomically(path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then rename it into place: a kill at any moment
+    leaves the previous file whole. Temporaries of killed writers are swept first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _torch_save(checkpoint: dict, tmp: Path) -> None:
+    with open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -34,37 +53,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         ) -> None:
         if not _is_local(path):  # object stores: their upload is whole-or-nothing already
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-save
-            stale.unlink(missing_ok=True)
-        tmp = _temporary(path)
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomically(path, lambda tmp: _torch_save(checkpoint, tmp))
 
 
-class AtomicXLACheckpointIO(TorchCheckpointIO):
-    """The same on TPUs: torch-xla's own save (tensors to the CPU, written by the master ordinal only) into
-    the temporary file, renamed by the process that wrote it."""
+class AtomicXLACheckpointIO(XLACheckpointIO):
+    """The same on TPUs (the XLA strategy takes only an XLACheckpointIO): torch-xla's save, which moves the
+    tensors to the CPU, into the temporary file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None
                         ) -> None:
-        import torch_xla.core.xla_model as xm
-        from lightning_fabric.plugins.io.xla import XLACheckpointIO  # needs torch_xla: TPU runs only
-
         if not _is_local(path):
-            return XLACheckpointIO().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        tmp = _temporary(path)
-        XLACheckpointIO().save_checkpoint(checkpoint, tmp, storage_options)
-        if xm.is_master_ordinal(local=False):
-            os.replace(tmp, path)
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        write_atomically(path, lambda tmp: super(AtomicXLACheckpointIO, self).save_checkpoint(
+            checkpoint, tmp, storage_options))
 
 
 class PreemptionCheckpoint(OnExceptionCheckpoint):
