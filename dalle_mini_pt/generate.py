@@ -32,6 +32,9 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vqgan", default=None)
     p.add_argument("--clip", default="none")
     p.add_argument("--revision", default=None, help="hub revision of --pipeline or --model")
+    p.add_argument("--vqgan-revision", default=None,
+                   help="hub revision of --vqgan (default: the commit the reference pins for "
+                        "dalle-mini/vqgan_imagenet_f16_16384 and flax-community/vqgan_f16_16384)")
 
 
 def check_pipeline_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -85,7 +88,8 @@ def load(args) -> DalleMiniPipeline:
         return DalleMiniPipeline.from_pretrained(args.pipeline, device=device, dtype=dtype,
                                                  revision=args.revision)
     return DalleMiniPipeline.from_pretrained(args.model, args.vqgan, clip=args.clip, tokenizer=args.tokenizer,
-                                             device=device, dtype=dtype, revision=args.revision)
+                                             device=device, dtype=dtype, revision=args.revision,
+                                             vqgan_revision=args.vqgan_revision)
 
 
 def output_paths(out: Path, n: int) -> list[Path]:

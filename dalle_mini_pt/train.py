@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
+from typing import Optional
 
 import hydra
 import pytorch_lightning as pl
@@ -30,6 +31,7 @@ from dalle_mini_pt.training.preflight import (
     check_trainer_values,
     resolve_last,
 )
+from dalle_mini_pt.training.run_logs import log_run, rich_callbacks
 
 
 def check_compatible(datamodule, model) -> None:
@@ -41,10 +43,7 @@ def check_compatible(datamodule, model) -> None:
         raise ValueError(f"data.text_length={datamodule.tokenizer.max_length} exceeds the model's "
                          f"{cfg.text_positions} text positions; lower data.text_length or use a model with "
                          "more positions (model.net.config.text_positions)")
-    if datamodule.tokenizer.vocab_size > cfg.encoder_vocab_size:
-        raise ValueError(f"the tokenizer has {datamodule.tokenizer.vocab_size} tokens but the model embeds "
-                         f"only {cfg.encoder_vocab_size}; raise model.net.config.encoder_vocab_size or use "
-                         "the model's own tokenizer (data.tokenizer)")
+    datamodule.tokenizer.fit_to(cfg.encoder_vocab_size, "model.net.config.encoder_vocab_size")
 
 
 def instantiate_group(group) -> list:
@@ -63,6 +62,7 @@ def build(cfg: DictConfig):
     # a callback's own models (VQGAN, CLIP) must not shift training's RNG stream
     with torch.random.fork_rng():
         callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks += rich_callbacks(callbacks, cfg.trainer)
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
@@ -88,6 +88,9 @@ def train(cfg: DictConfig) -> dict:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
     ckpt_path = resume_path(cfg, trainer, model)
+    log_run(trainer, cfg, model)
+    if cfg.get("validate_first") and ckpt_path is None:  # the starting loss, logged at step 0
+        trainer.validate(model, datamodule=datamodule)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
@@ -101,10 +104,20 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
+def optimized_value(metrics: dict, name: Optional[str]) -> Optional[float]:
+    """The metric a sweep optimises (`optimized_metric`, e.g. val/loss), which `main` returns."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise ValueError(f"optimized_metric={name} was not logged by this run; it logged {sorted(metrics)}")
+    return metrics[name]
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> Optional[float]:
     metrics = train(cfg)
     print("final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    return optimized_value(metrics, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

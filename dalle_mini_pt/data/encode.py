@@ -32,8 +32,7 @@ from tqdm import tqdm
 from ..config_dir import CONFIG_DIR
 from ..vqgan import VQGAN
 from .image_sources import load_image, open_source
-
-META_KEY = b"dalle_mini_pt.encode"
+from .shards import META_KEY
 
 
 class DecodedImages(Dataset):
@@ -175,7 +174,8 @@ def encode_dataset(source, vqgan: VQGAN, output_dir, *, shard_size: int = 10000,
         stale.unlink()
     cfg = vqgan.config
     run = {"num_items": len(source), "shard_size": shard_size, "resolution": cfg.resolution,
-           "codebook_size": cfg.n_embed, "codes_per_image": cfg.codes_per_image}
+           "codebook_size": cfg.n_embed, "codes_per_image": cfg.codes_per_image,
+           "pixel_range": cfg.pixel_range}
     shards = shard_ranges(len(source), shard_size)
     todo = check_resumable(output_dir, shards, run)
     code_type = pa.int16() if cfg.n_embed <= 2**15 else pa.int32()

@@ -8,6 +8,7 @@ paths or fsspec URLs (`s3://bucket/train/*.parquet`, `gs://...`); globs and dire
 from __future__ import annotations
 
 import glob
+import json
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -19,6 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 Files = Union[str, Sequence[str]]
+# the schema-metadata key under which the encoder tool records its run (VQGAN size, pixel range, items)
+META_KEY = b"dalle_mini_pt.encode"
 _GLOB_CHARS = "*?["
 
 
@@ -85,6 +88,19 @@ def check_no_null_captions(pf: pq.ParquetFile, path: str, column: str) -> None:
             nulls = pf.read_row_group(rg, columns=[column]).column(0).is_null().to_numpy(zero_copy_only=False)
             null_caption(path, start + int(np.argmax(nulls)), column)
         start += pf.metadata.row_group(rg).num_rows
+
+
+def check_pixel_range(pf: pq.ParquetFile, path: str, expected: Optional[str]) -> None:
+    """Codes of a VQGAN fed [-1, 1] pixels mean other pictures than those of one fed [0, 1]: shards that
+    record the range they were encoded with must match the model's `vqgan_pixel_range`."""
+    metadata = pf.schema_arrow.metadata or {}
+    run = json.loads(metadata[META_KEY]).get("run", {}) if META_KEY in metadata else {}
+    recorded = run.get("pixel_range")
+    if expected and recorded and recorded != expected:
+        raise ValueError(f"{path} was encoded by a VQGAN fed {recorded} pixels, but the model learns codes "
+                         f"of one fed {expected} (model.net.config.vqgan_pixel_range). Encode again with the "
+                         f"model's VQGAN (vqgan.config.pixel_range={expected}), or set "
+                         f"model.net.config.vqgan_pixel_range={recorded} for a model trained from scratch")
 
 
 def null_caption(path: str, row: int, column: str):
@@ -176,7 +192,8 @@ class ShardIndex:
     as they stream, naming file and row).
     """
 
-    def __init__(self, files: list[str], key: str, row_filter: RowFilter, columns: dict[str, str]):
+    def __init__(self, files: list[str], key: str, row_filter: RowFilter, columns: dict[str, str],
+                 pixel_range: Optional[str] = None):
         self.files, self.key = files, key
         self.chunks: list[Chunk] = []
         caption, encoding = columns["data.caption_column"], columns["data.encoding_column"]
@@ -185,6 +202,7 @@ class ShardIndex:
             check_columns(pf.schema_arrow.names, path, {**columns, **row_filter.columns})
             check_types(pf.schema_arrow, path, caption, encoding)
             check_no_null_captions(pf, path, caption)
+            check_pixel_range(pf, path, pixel_range)
             mask = row_filter.mask(pf.read(columns=list(set(row_filter.columns.values())))) \
                 if row_filter.columns else None
             start = 0

@@ -14,7 +14,8 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 
-from ..hub.lightning import CONFIG_KEY
+from ..hub.lightning import CONFIG_KEY, LORA_KEY
+from ..model import TRAINING_SETTINGS
 
 
 def _types(annotation) -> set:
@@ -77,8 +78,8 @@ def _read(path: Path) -> Optional[dict]:
     return ckpt if isinstance(ckpt, dict) else None
 
 
-def check_resume(path: Path, trainer: pl.Trainer, model) -> None:
-    """A checkpoint that cannot be read, holds another architecture, or already reached `max_steps`."""
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint's contents; an unreadable one is named, with the newest intact one beside it."""
     ckpt = _read(path)
     if ckpt is None:
         intact = [p for p in sorted(path.parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -87,15 +88,30 @@ def check_resume(path: Path, trainer: pl.Trainer, model) -> None:
                 if intact else "there is no intact checkpoint beside it: start a new run")
         raise ValueError(f"ckpt_path={path}: cannot be read as a checkpoint ({path.stat().st_size} bytes: "
                          f"empty or cut off, as a kill while saving leaves it); {hint}")
+    return ckpt
+
+
+def check_architecture(ckpt: dict, path: Path, model) -> None:
+    """The checkpoint's network and adapters are the model group's (Lightning would list raw size errors)."""
     saved, ours = ckpt.get(CONFIG_KEY), getattr(getattr(model, "config", None), "to_dict", None)
     if saved is not None and ours is not None:
-        differ = {k: (v, saved.get(k)) for k, v in ours().items() if k != "gradient_checkpointing"
-                  and saved.get(k, v) != v}
+        differ = {k: (v, saved.get(k)) for k, v in ours().items()
+                  if k not in (*TRAINING_SETTINGS, "init_std") and v is not None and saved.get(k, v) != v}
         if differ:
             listed = ", ".join(f"{k}: {then!r} in the checkpoint, {now!r} in the config"
                                for k, (now, then) in differ.items())
             raise ValueError(f"ckpt_path={path} holds another architecture ({listed}). Resume with the "
                              "model settings it was trained with, or start a new run from its weights")
+    lora = getattr(model, "lora", None)
+    if ckpt.get(LORA_KEY) != (lora.to_dict() if lora else None):
+        raise ValueError(f"ckpt_path={path} was trained with model.lora={ckpt.get(LORA_KEY)}, the config has "
+                         f"model.lora={lora.to_dict() if lora else None}: set the same model.lora")
+
+
+def check_resume(path: Path, trainer: pl.Trainer, model) -> None:
+    """A checkpoint that cannot be read, holds another architecture, or already reached `max_steps`."""
+    ckpt = read_checkpoint(path)
+    check_architecture(ckpt, path, model)
     step = ckpt.get("global_step", 0)
     if 0 <= trainer.max_steps <= step:
         raise ValueError(f"ckpt_path={path} is at step {step}, and trainer.max_steps={trainer.max_steps}: "
