@@ -11,8 +11,9 @@ from .torchvision_fix import patch_torchvision
 patch_torchvision()  # before anything imports transformers, Lightning or open_clip
 
 _SOURCES = {"DalleBartConfig": "config", "DalleBart": "model", "GenerationConfig": "sampling",
-            "generate": "sampling", "load_tokenizer": "tokenizer", "TextTokenizer": "tokenizer",
-            "VQGAN": "vqgan", "ClipScorer": "clip_scorer", "DalleMiniPipeline": "pipeline"}
+            "generate": "sampling", "generate_stream": "sampling", "load_tokenizer": "tokenizer",
+            "TextTokenizer": "tokenizer", "VQGAN": "vqgan", "ClipScorer": "clip_scorer",
+            "DalleMiniPipeline": "pipeline"}
 __all__ = sorted([*_SOURCES, "patch_torchvision"])
 __version__ = "0.1.0"
 

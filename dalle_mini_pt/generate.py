@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .pipeline import DEFAULT_GENERATION, DalleMiniPipeline
+from .pipeline import DEFAULT_GENERATION, DalleMiniPipeline, PromptImages
+from .png_metadata import save_png
 from .sampling import GenerationConfig, add_arguments, from_arguments
 
 
@@ -51,6 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("grid.png"),
                    help="PNG path; with several prompts, NAME_0.png, NAME_1.png, ...")
     p.add_argument("--scale", type=int, default=1, help="enlarge small images this many times in the grid")
+    p.add_argument("--save-each", action="store_true",
+                   help="also write each image, best first, as NAME-1.png, NAME-2.png, ... with its prompt, "
+                        "seed and settings in PNG text chunks")
+    p.add_argument("--progressive", action="store_true",
+                   help="also write the grid as it is drawn, one code row at a time: NAME-partial-016.png, "
+                        "... (the number: codes sampled so far)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = p.parse_args(argv)
@@ -98,14 +105,32 @@ def output_paths(out: Path, n: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}") for i in range(n)]
 
 
+def sample(pipe: DalleMiniPipeline, args, paths: list[Path]) -> list[PromptImages]:
+    """The results; with --progressive, each partial grid is written beside its final one on the way."""
+    config = from_arguments(args, pipe.generation_config)
+    if not args.progressive:
+        return pipe(args.prompts, config, clip_top_n=args.clip_top_n, progress=None)
+    for written, results in pipe.stream(args.prompts, config, clip_top_n=args.clip_top_n, progress=None):
+        if written < pipe.model.config.image_length:
+            for result, path in zip(results, paths):
+                result.grid(scale=args.scale).save(path.with_name(f"{path.stem}-partial-{written:03d}.png"))
+    return results
+
+
+def save_each(result: PromptImages, path: Path) -> list[Path]:
+    return [save_png(image, path.with_name(f"{path.stem}-{i + 1}.png"), result.metadata(i))
+            for i, image in enumerate(result.images)]
+
+
 def main(argv=None) -> list[Path]:
     args = parse_args(argv)
     pipe = load(args)
-    results = pipe(args.prompts, from_arguments(args, pipe.generation_config), clip_top_n=args.clip_top_n,
-                   progress=None)
-    paths = output_paths(args.out, len(results))
+    paths = output_paths(args.out, len(args.prompts))
+    results = sample(pipe, args, paths)
     for result, path in zip(results, paths):
         result.grid(scale=args.scale).save(path)
+        if args.save_each:
+            save_each(result, path)
         scores = ", ".join(f"{s:.3f}" for s in result.scores) if result.scores is not None else "(no CLIP)"
         print(f"{path}\t{result.prompt!r}\tCLIP: {scores}")
     return paths

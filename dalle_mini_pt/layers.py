@@ -216,6 +216,21 @@ class DecoderLayer(nn.Module):
         return self._cross_and_ffn(x.view(cross_k.shape[0], -1, x.shape[-1]), cross_k, cross_v,
                                    cross_mask).view(x.shape)
 
+    def prefill(self, x, self_k, self_v, cross_k, cross_v, cross_mask) -> torch.Tensor:
+        """The teacher-forced pass over x (rows, n, d) at positions 0..n-1 that also writes their K/V into
+        the cache, so cached steps can go on from position n. Cross-attention views x as (groups, rows/group
+        * n, d), as `step` does: queries of one group share its prompt's K/V."""
+
+        def self_attention(h):
+            k, v = self.self_attn.project_kv(h)
+            self_k[:, :, :h.shape[1]].copy_(k)
+            self_v[:, :, :h.shape[1]].copy_(v)
+            return self.self_attn(h, k, v, causal=True)
+
+        x = self.self_attn_norms(x, self_attention)
+        return self._cross_and_ffn(x.reshape(cross_k.shape[0], -1, x.shape[-1]), cross_k, cross_v,
+                                   cross_mask).view(x.shape)
+
     def _cross_and_ffn(self, x, cross_k, cross_v, cross_mask):
         x = self.cross_attn_norms(x, lambda h: self.cross_attn(h, cross_k, cross_v, mask=cross_mask))
         return self.ffn_norms(x, self.ffn)

@@ -148,6 +148,16 @@ class ImageTokenDecoder(nn.Module):
         return self._final_norm(h)[:, 0]
 
 
+    def prefill(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """One teacher-forced pass over `tokens` (rows, n) at positions 0..n-1 that fills the cache's first n
+        positions, as n calls of `step` would; returns the normalised hidden states (rows, n, d_model)."""
+        h = self.embed(tokens, torch.arange(tokens.shape[1], device=tokens.device))
+        for i, layer in enumerate(self.layers):
+            h = layer.prefill(h, cache.self_k[i], cache.self_v[i], cache.cross_k[i], cache.cross_v[i],
+                              cache.cross_mask)
+        return self._final_norm(h)
+
+
 class DalleBart(HubMixin, nn.Module):
     config_class = DalleBartConfig
     hub_layouts = (NATIVE, DALLEBART_FLAX, DALLEBART_FLAX_SHARDED)

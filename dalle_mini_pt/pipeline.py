@@ -7,12 +7,15 @@ sub-directory, listed in `model_index.json` with the normaliser settings and the
 
 from __future__ import annotations
 
+import json
+import random
 import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -22,7 +25,7 @@ from .clip_scorer import ClipScorer
 from .hub.files import TOKENIZER_FILES, Source, load_config_json, open_source, write_json
 from .image_grid import caption_grid, to_pil
 from .model import DalleBart
-from .sampling import GenerationConfig
+from .sampling import GenerationConfig, generate_stream
 from .text_normalizer import TextNormalizer
 from .tokenizer import TextTokenizer, load_tokenizer
 from .vqgan import VQGAN, VQGANConfig
@@ -35,16 +38,32 @@ DEFAULT_GENERATION = GenerationConfig(num_images=4, condition_scale=10.0)
 
 @dataclass
 class PromptImages:
-    """The images of one prompt, best CLIP score first when a scorer ranked them."""
+    """The images of one prompt, best CLIP score first when a scorer ranked them, with what made them: the
+    seed and settings, the rows kept from an image (completion), each image's place among the samples."""
 
     prompt: str
     images: list[Image.Image]
     codes: torch.Tensor  # (n, image_length)
     scores: Optional[list[float]] = None
+    seed: Optional[int] = None
+    settings: Optional[GenerationConfig] = None
+    keep_rows: int = 0
+    order: Optional[list[int]] = None  # order[i]: which sample (0..n-1 as drawn) images[i] is
 
     def grid(self, scale: int = 1) -> Image.Image:
         labels = [[f"{s:.2f}" for s in self.scores]] if self.scores is not None else None
         return caption_grid([self.images], [self.prompt], labels, scale=scale)
+
+    def metadata(self, i: int) -> dict[str, str]:
+        """What reproduces image i, as PNG text chunks: the prompt, seed, settings, its sample index."""
+        settings = self.settings.to_dict() if self.settings is not None else {}
+        text = {"prompt": self.prompt, "seed": str(self.seed),
+                "sample": str(self.order[i] if self.order is not None else i),
+                "settings": json.dumps({**settings, "keep_rows": self.keep_rows}, sort_keys=True),
+                "software": "dalle_mini_pt"}
+        if self.scores is not None:
+            text["clip_score"] = f"{self.scores[i]:.4f}"
+        return text
 
 
 def load_vqgan(spec: str, revision: Optional[str] = None, **hub) -> VQGAN:
@@ -221,30 +240,104 @@ class DalleMiniPipeline:
         chunks = [self.vqgan.decode(c.to(self.vqgan.device)) for c in codes.split(self.decode_batch_size)]
         return torch.cat(chunks)
 
+    def _settings(self, generation_config, options, generator=None) -> GenerationConfig:
+        """The options a run uses, with a seed drawn here when neither a seed nor generators are given, so
+        results can name it."""
+        config = (generation_config or self.generation_config).replace(**options)
+        if config.seed is None and generator is None:
+            config = config.replace(seed=random.SystemRandom().randrange(2**31))
+        return config
+
+    def encode_images(self, images) -> torch.Tensor:
+        """Images -> VQGAN codes (n, image_length): a PIL image, an image tensor (C, H, W) or (H, W, C)
+        (uint8, or float in [0, 1]), or a list of them; each must already be the VQGAN's resolution (its
+        error says how to fit one)."""
+        images = images if isinstance(images, (list, tuple)) else [images]
+        batch = []
+        for image in images:
+            if isinstance(image, Image.Image):
+                image = torch.from_numpy(np.asarray(image.convert("RGB")).copy())
+            if not isinstance(image, (torch.Tensor, np.ndarray)):
+                raise TypeError("init_image must be a PIL image or an image tensor; got "
+                                f"{type(image).__name__}")
+            batch.append(self.vqgan.encode(torch.as_tensor(image)[None]))
+        return torch.cat(batch)
+
+    def _prefix(self, init_image, keep_rows: int, prompts: int, num_images: int) -> Optional[torch.Tensor]:
+        grid = self.vqgan.config.grid_size
+        if not (isinstance(keep_rows, int) and 0 <= keep_rows <= grid):
+            raise ValueError(f"keep_rows={keep_rows!r} must be a whole number in 0..{grid} (rows of the "
+                             f"{grid}x{grid} code grid kept from init_image; 0 is plain generation)")
+        if keep_rows == 0:
+            return None
+        if init_image is None:
+            raise ValueError(f"keep_rows={keep_rows} needs init_image, the image whose rows are kept")
+        codes = self.encode_images(init_image)[:, :keep_rows * grid]
+        if codes.shape[0] not in (1, prompts):
+            raise ValueError(f"init_image: give one image, or one per prompt ({prompts}); got "
+                             f"{codes.shape[0]}")
+        return codes.to(self.device).repeat_interleave(num_images * prompts // codes.shape[0], dim=0)
+
     @torch.inference_mode()
     def __call__(self, prompts: Union[str, Sequence[str]],
                  generation_config: Optional[GenerationConfig] = None,
-                 *, clip_top_n: Optional[int] = None, progress: Optional[bool] = None,
-                 **options) -> list[PromptImages]:
+                 *, clip_top_n: Optional[int] = None, progress: Optional[bool] = None, init_image=None,
+                 keep_rows: int = 0, generator=None, **options) -> list[PromptImages]:
         """Images for each prompt, sampled with `generation_config` (default: the pipeline's, the reference
         notebook's unless it was saved with others) changed by `options` given by name. `clip_top_n` keeps
-        the best n by CLIP score (all, ranked, when None). `progress` None shows a bar on terminals."""
+        the best n by CLIP score (all, ranked, when None). `progress` None shows a bar on terminals.
+
+        Image completion: `init_image` (one image, or one per prompt, at the VQGAN's resolution) is encoded
+        and the first `keep_rows` rows of its code grid are kept in every image; the rest is sampled.
+        `generator`: (torch.Generator, rows) pairs instead of the seed (see `sampling.generate`)."""
+        *_, (_, results) = self.stream(prompts, generation_config, every=None, clip_top_n=clip_top_n,
+                                       progress=progress, init_image=init_image, keep_rows=keep_rows,
+                                       generator=generator, **options)
+        return results
+
+    def stream(self, prompts: Union[str, Sequence[str]],
+               generation_config: Optional[GenerationConfig] = None, *, every: Optional[int] = -1,
+               clip_top_n: Optional[int] = None, progress: Optional[bool] = False, init_image=None,
+               keep_rows: int = 0, generator=None, **options) -> Iterator[tuple[int, list[PromptImages]]]:
+        """`__call__` as it draws: yields (codes written, results) every `every` sampling steps (-1: one row
+        of the code grid; None: only at the end). Partial results hold the whole grid decoded with the
+        rows not yet sampled left grey, unranked; the last yield is what `__call__` returns, ranked."""
         prompts = self._prepare(prompts)
-        config = (generation_config or self.generation_config).replace(**options)
+        config = self._settings(generation_config, options, generator)
         if clip_top_n is not None and not 1 <= clip_top_n <= config.num_images:
             raise ValueError(f"clip_top_n={clip_top_n} must be between 1 and num_images={config.num_images}")
-        codes = self.model.generate(**self.tokenize(prompts), generation_config=config, progress=progress)
-        pictures = self.decode(codes)
-        n = config.num_images
-        return [self._rank(p, pictures[i * n:(i + 1) * n], codes[i * n:(i + 1) * n], clip_top_n)
-                for i, p in enumerate(prompts)]
+        n, length = config.num_images, self.model.config.image_length
+        prefix = self._prefix(init_image, keep_rows, len(prompts), n)
+        every = self.vqgan.config.grid_size if every == -1 else every or length
+        steps = generate_stream(self.model, **self.tokenize(prompts), generation_config=config, every=every,
+                                prefix=prefix, generator=generator, progress=progress)
+        for written, codes in steps:  # the sampler sets inference mode itself on each resume
+            with torch.inference_mode():
+                final = written == length
+                pictures = self.decode(codes) if final else self.decode_partial(codes)
+                yield written, [self._rank(p, pictures[i * n:(i + 1) * n], codes[i * n:(i + 1) * n],
+                                           clip_top_n if final else n, final, config, keep_rows)
+                                for i, p in enumerate(prompts)]
 
-    def _rank(self, prompt, pictures, codes, top_n) -> PromptImages:
-        if self.clip is None:
-            return PromptImages(prompt, to_pil(pictures), codes.cpu())
+    def decode_partial(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes with -1 where none is sampled yet -> images with those cells grey. The whole grid is
+        decoded: the VQGAN's decoder attends globally (its middle block), so a strip decoded alone differs
+        from the same strip in the full image (benchmarks/demo_bench.py measures both)."""
+        written = codes >= 0
+        pictures = self.decode(codes.clamp(min=0))
+        g = self.vqgan.config.grid_size
+        mask = written.view(-1, 1, g, g).float()
+        mask = torch.nn.functional.interpolate(mask.to(pictures.device), size=pictures.shape[-2:])
+        return pictures * mask + 0.5 * (1 - mask)
+
+    def _rank(self, prompt, pictures, codes, top_n, rank, config, keep_rows) -> PromptImages:
+        made = dict(seed=config.seed, settings=config, keep_rows=keep_rows)
+        if self.clip is None or not rank:
+            return PromptImages(prompt, to_pil(pictures), codes.cpu(), order=list(range(len(codes))), **made)
         order, scores = self.clip.rank(pictures.to(self.clip.device), prompt, top_n=top_n)
         return PromptImages(prompt, to_pil(pictures[order.to(pictures.device)]),
-                            codes[order.to(codes.device)].cpu(), scores.cpu().tolist())
+                            codes[order.to(codes.device)].cpu(), scores.cpu().tolist(), order=order.tolist(),
+                            **made)
 
 
 def _file(source: Source, name: str) -> str:

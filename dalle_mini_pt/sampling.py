@@ -15,6 +15,9 @@ the CPU, since XLA has no `torch.Generator`; a seed then gives the same codes on
 shapes may follow the data: the text is cut after its last real token and each step attends over the
 positions written so far. The super-conditioning mix is taken on the last hidden states, before the affine
 `lm_head` (the same logits), so the head runs on half the rows.
+
+One loop serves `generate` and `generate_stream` (the same codes, with yields of the codes so far); a
+forced prefix (image completion) fills the cache in one teacher-forced pass before the loop starts.
 """
 
 from __future__ import annotations
@@ -156,15 +159,7 @@ def gumbel_noise(shape, generator: Optional[torch.Generator], device, out=None) 
     return u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()
 
 
-def _cut_graph(device: torch.device) -> None:
-    """On a lazy-tensor device (torch-xla), compile and run what has been traced so far."""
-    if device.type == "xla":
-        import torch_xla
-
-        torch_xla.sync()
-
-
-def _check_inputs(model: DalleBart, rows: int, options: GenerationConfig, noise, uncond) -> None:
+def _check_inputs(model: DalleBart, rows: int, options: GenerationConfig, noise, uncond, prefix) -> None:
     cfg = model.config
     options.check_model(cfg)
     if options.guided and uncond is None:
@@ -174,6 +169,50 @@ def _check_inputs(model: DalleBart, rows: int, options: GenerationConfig, noise,
     if noise is not None and tuple(noise.shape) != expected:
         raise ValueError(f"noise has shape {tuple(noise.shape)}; expected (image_length, rows, image_rows) "
                          f"= {expected}")
+    if prefix is not None and (prefix.dim() != 2 or prefix.shape[0] not in (1, rows)
+                               or prefix.shape[1] > cfg.image_length):
+        raise ValueError(f"prefix has shape {tuple(prefix.shape)}; expected (1 or rows={rows}, n) with "
+                         f"n <= image_length={cfg.image_length}: the first n codes of each image")
+    if prefix is not None and prefix.numel() and (prefix.min() < 0 or prefix.max() >= cfg.codebook_size):
+        raise ValueError(f"prefix codes must lie in 0..{cfg.codebook_size - 1} (the codebook)")
+
+
+def seeded_generator(seed: Optional[int], device) -> torch.Generator:
+    """The generator `generate` draws from for `seed` (a fresh random one for None); on torch-xla a CPU one,
+    since XLA has no `torch.Generator`."""
+    device = torch.device(device)
+    generator = torch.Generator(device="cpu" if device.type == "xla" else device)
+    return generator.manual_seed(seed if seed is not None else torch.seed())
+
+
+class _GumbelDraws:
+    """Gumbel noise for one step of all rows: from one generator, or from (generator, rows) pairs, each
+    drawing its own block of rows, so the draws of a block do not depend on what it is batched with (the
+    demo server merges requests, each with its own seed, into one call)."""
+
+    def __init__(self, generator, rows: int, shape, device):
+        self.blocks = [(generator, rows)] if isinstance(generator, torch.Generator) else list(generator)
+        if sum(n for _, n in self.blocks) != rows:
+            raise ValueError(f"the (generator, rows) pairs cover {sum(n for _, n in self.blocks)} rows; the "
+                             f"batch has {rows} (prompts x num_images)")
+        self.shape, self.device, self.buffer = shape, device, torch.empty(shape, device=device)
+
+    def __call__(self) -> torch.Tensor:
+        if len(self.blocks) == 1:
+            return gumbel_noise(self.shape, self.blocks[0][0], self.device, out=self.buffer)
+        return torch.cat([gumbel_noise((n, self.shape[1]), g, self.device) for g, n in self.blocks])
+
+
+def _cut_graph(device: torch.device) -> None:
+    """On a lazy-tensor device (torch-xla), compile and run what has been traced so far."""
+    if device.type == "xla":
+        import torch_xla
+
+        torch_xla.sync()
+
+
+def _grad_off(device: torch.device):
+    return torch.no_grad() if device.type == "xla" else torch.inference_mode()  # XLA: no inference views
 
 
 def _init_cache(model: DalleBart, input_ids, attention_mask, uncond, num_images: int):
@@ -197,6 +236,61 @@ def _init_cache(model: DalleBart, input_ids, attention_mask, uncond, num_images:
     return model.decoder.init_cache(states, mask, rows_per_state=num_images)
 
 
+@dataclass
+class _Run:
+    """What the loop needs, set up once: the cache (prefilled with the prefix), the codes buffer with the
+    prefix written, where sampling starts, and the noise."""
+
+    model: "DalleBart"
+    options: GenerationConfig
+    cache: object
+    codes: torch.Tensor  # (rows, image_length); codes[:, :start] are the prefix
+    start: int
+    draw: object  # () -> noise, or None when `noise` is given
+    noise: Optional[torch.Tensor]
+    logits: Optional[torch.Tensor]  # (rows, image_length, image_rows) when asked for
+
+
+def _prefill(model: DalleBart, cache, prefix: torch.Tensor, run: _Run) -> None:
+    """The prefix through the decoder in one teacher-forced pass: the cache then holds its K/V, as if it
+    had been sampled. Guided, the unconditional rows see the same prefix."""
+    rows, n = run.codes.shape[0], prefix.shape[1]
+    run.codes[:, :n] = prefix
+    inputs = torch.cat([torch.full((rows, 1), model.config.decoder_start_token_id, device=prefix.device),
+                        run.codes[:, :n - 1]], dim=1)
+    guided = run.options.guided
+    h = model.decoder.prefill(inputs.repeat(2, 1) if guided else inputs, cache)
+    if run.logits is not None:
+        if guided:
+            h = (h[rows:].float() + run.options.condition_scale * (h[:rows].float() - h[rows:].float()))
+        run.logits[:, :n] = model.decoder.lm_head(h.to(cache.self_k.dtype)).float()
+
+
+def _start(model: DalleBart, input_ids, attention_mask, generation_config, options, uncond, generator,
+           noise, prefix, return_logits) -> _Run:
+    config = (generation_config or GenerationConfig()).replace(**options)
+    device = input_ids.device
+    rows = input_ids.shape[0] * config.num_images
+    _check_inputs(model, rows, config, noise, uncond, prefix)
+    cfg = model.config
+    if generator is None and noise is None:
+        generator = seeded_generator(config.seed, device)
+    if device.type == "cpu":  # every step streams all weights: 2 MiB pages spare the TLB (huge_pages.py)
+        move_to_huge_pages(model)
+    with _grad_off(device):
+        cache = _init_cache(model, input_ids, attention_mask, uncond if config.guided else None,
+                            config.num_images)
+        codes = torch.empty((rows, cfg.image_length), dtype=torch.long, device=device)
+        logits = (torch.empty((rows, cfg.image_length, cfg.image_rows), device=device) if return_logits
+                  else None)
+        draw = None if noise is not None else _GumbelDraws(generator, rows, (rows, cfg.image_rows), device)
+        run = _Run(model, config, cache, codes, 0, draw, noise, logits)
+        if prefix is not None and prefix.shape[1]:
+            _prefill(model, cache, prefix.to(device).expand(rows, -1), run)
+            run.start = prefix.shape[1]
+    return run
+
+
 def generate(
     model: DalleBart,
     input_ids: torch.Tensor,
@@ -205,8 +299,9 @@ def generate(
     *,
     uncond_input_ids: Optional[torch.Tensor] = None,
     uncond_attention_mask: Optional[torch.Tensor] = None,
-    generator: Optional[torch.Generator] = None,
+    generator=None,
     noise: Optional[torch.Tensor] = None,
+    prefix: Optional[torch.Tensor] = None,
     return_logits: bool = False,
     progress: Optional[bool] = False,
     **options,
@@ -217,43 +312,66 @@ def generate(
     input_ids/attention_mask: (prompts, text_length). Rows of the result are prompt-major:
     row `p * num_images + i` is image i of prompt p. Returns codes (rows, image_length), plus, with
     `return_logits`, the per-step logits after super-conditioning and before the warpers
-    (rows, image_length, image_rows). `noise` (image_length, rows, image_rows) replaces the Gumbel draws.
-    `progress`: a bar over the steps; None shows it only on a terminal.
+    (rows, image_length, image_rows). `noise` (image_length, rows, image_rows) replaces the Gumbel draws;
+    `generator` is one `torch.Generator` or (generator, rows) pairs, each drawing for its block of rows.
+    `prefix` (1 or rows, n): the first n codes of every image are these, not sampled (image completion);
+    they pass through the decoder in one teacher-forced pass. `progress`: a bar over the steps; None shows it
+    only on a terminal.
     """
-    config = (generation_config or GenerationConfig()).replace(**options)
-    device = input_ids.device
-    rows = input_ids.shape[0] * config.num_images
     uncond = None if uncond_input_ids is None else (uncond_input_ids, uncond_attention_mask)
-    _check_inputs(model, rows, config, noise, uncond)
-    if generator is None and noise is None:
-        generator = torch.Generator(device="cpu" if device.type == "xla" else device)
-        generator.manual_seed(config.seed if config.seed is not None else torch.seed())
-    if device.type == "cpu":  # every step streams all weights: 2 MiB pages spare the TLB (huge_pages.py)
-        move_to_huge_pages(model)
-    # torch-xla cannot take views of inference tensors
-    with torch.no_grad() if device.type == "xla" else torch.inference_mode():
-        cache = _init_cache(model, input_ids, attention_mask, uncond if config.guided else None,
-                            config.num_images)
-        return _sample(model, cache, rows, config, generator, noise, return_logits, progress)
+    run = _start(model, input_ids, attention_mask, generation_config, options, uncond, generator, noise,
+                 prefix, return_logits)
+    with _grad_off(input_ids.device):
+        for _ in _sample(run, progress, every=None):
+            pass
+    return (run.codes, run.logits) if return_logits else run.codes
 
 
-def _sample(model: DalleBart, cache, rows: int, options: GenerationConfig, generator, noise,
-            return_logits: bool, progress):
+def generate_stream(model: DalleBart, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    generation_config: Optional[GenerationConfig] = None, *, every: int = 16,
+                    uncond_input_ids: Optional[torch.Tensor] = None,
+                    uncond_attention_mask: Optional[torch.Tensor] = None, generator=None,
+                    noise: Optional[torch.Tensor] = None, prefix: Optional[torch.Tensor] = None,
+                    progress: Optional[bool] = False, **options):
+    """`generate`, as a generator: every `every` steps it yields (codes written so far, codes) with the codes
+    not yet sampled set to -1; the last yield holds all of them, the same codes `generate` returns for the
+    same seed. The loop is `generate`'s own; only the yields are added."""
+    if not (_whole(every) and every >= 1):
+        raise ValueError(f"every={every!r} must be a whole number of steps >= 1")
+    uncond = None if uncond_input_ids is None else (uncond_input_ids, uncond_attention_mask)
+    run = _start(model, input_ids, attention_mask, generation_config, options, uncond, generator, noise,
+                 prefix, False)
+    device = input_ids.device
+    steps = _sample(run, progress, every)
+    while True:
+        with _grad_off(device):  # entered per resume: the caller's code between yields keeps its grad mode
+            written = next(steps, None)
+            if written is None:
+                return
+            codes = run.codes.clone()
+            codes[:, written:] = -1
+        yield written, codes
+
+
+def _sample(run: _Run, progress, every: Optional[int]):
+    """The loop from `run.start`, writing `run.codes` in place; a generator that yields the number of codes
+    written every `every` steps and after the last (with `every` None, never: `generate`'s fast path)."""
+    model, options, cache = run.model, run.options, run.cache
     cfg, device, guided = model.config, cache.self_k.device, options.guided
+    rows, start = run.codes.shape[0], run.start
     static = device.type == "xla"  # every step the same shapes, and no step length read on the host
     temperature = torch.tensor(float(options.temperature), device=device)
     scale = torch.tensor(float(options.condition_scale), device=device)
     tokens = torch.full((2 * rows if guided else rows,), cfg.decoder_start_token_id, dtype=torch.long,
                         device=device)
-    codes = torch.empty((rows, cfg.image_length), dtype=torch.long, device=device)
-    all_logits = (torch.empty((rows, cfg.image_length, cfg.image_rows), device=device) if return_logits
-                  else None)
+    if start:
+        tokens.view(-1, rows).copy_(run.codes[:, start - 1])
+    codes, all_logits = run.codes, run.logits
     not_a_code = torch.arange(cfg.image_rows, device=device) >= cfg.codebook_size
-    noise_buffer = torch.empty((rows, cfg.image_rows), device=device)
-    position = torch.zeros(1, dtype=torch.long, device=device)
+    position = torch.full((1,), start, dtype=torch.long, device=device)
     _cut_graph(device)
 
-    steps = tqdm(range(cfg.image_length), disable=None if progress is None else not progress,
+    steps = tqdm(range(start, cfg.image_length), disable=None if progress is None else not progress,
                  desc="sampling codes", leave=False)
     for t in steps:
         h = model.decoder.step(tokens, position, cache, length=None if static else t + 1)
@@ -261,15 +379,17 @@ def _sample(model: DalleBart, cache, rows: int, options: GenerationConfig, gener
             cond, uncond_h = h[:rows].float(), h[rows:].float()
             h = (uncond_h + scale * (cond - uncond_h)).to(h.dtype)
         logits = model.decoder.lm_head(h).float()
-        if return_logits:
+        if all_logits is not None:
             all_logits.index_copy_(1, position, logits[:, None])
         logits = apply_warpers(logits.masked_fill(not_a_code, float("-inf")), temperature, options.top_k,
                                options.top_p, options.min_p)
-        g = noise[t].to(device) if noise is not None else gumbel_noise(logits.shape, generator, device,
-                                                                         out=noise_buffer)
+        g = run.noise[t].to(device) if run.noise is not None else run.draw()
         nxt = torch.argmax(logits + g, dim=-1)
         codes.index_copy_(1, position, nxt[:, None])  # indexed by the step tensor: one graph for all steps
         tokens.view(-1, rows).copy_(nxt)  # the unconditional rows mirror the conditional ones
         position += 1
         _cut_graph(device)
-    return (codes, all_logits) if return_logits else codes
+        if every is not None and ((t + 1 - start) % every == 0 or t + 1 == cfg.image_length):
+            yield t + 1
+    if every is not None and start == cfg.image_length:
+        yield start  # nothing left to sample: the prefix is the whole image

@@ -59,3 +59,20 @@ def test_cli_from_a_lightning_checkpoint(data_dir, checkpoint_dir, tmp_path):
     assert out == tmp_path / "one.png" and Image.open(out).width == 2 * 32
     with pytest.raises(ValueError, match="holds no tokenizer"):
         main(["x", "--model", str(ckpt), "--vqgan", str(checkpoint_dir / "vqgan.safetensors")])
+
+
+def test_cli_saves_each_image_with_its_metadata_and_the_partial_grids(checkpoint_dir, tmp_path):
+    from dalle_mini_pt.png_metadata import read_png_text
+
+    main(["a red square", "--model", str(checkpoint_dir / "model"), "--vqgan",
+          str(checkpoint_dir / "vqgan.safetensors"), "--clip", f"{CONFIG_DIR}/clip/tiny.yaml",
+          "--num-images", "2", "--seed", "7", "--top-k", "8", "--condition-scale", "2", "--save-each",
+          "--progressive", "--out", str(tmp_path / "g.png")])
+    partial = sorted(p.name for p in tmp_path.glob("g-partial-*.png"))
+    assert partial == [f"g-partial-{n:03d}.png" for n in range(16, 256, 16)]  # one per code row but the last
+    texts = [read_png_text(tmp_path / f"g-{i}.png") for i in (1, 2)]
+    assert [t["prompt"] for t in texts] == ["a red square"] * 2 and {t["seed"] for t in texts} == {"7"}
+    assert sorted(t["sample"] for t in texts) == ["0", "1"]
+    assert float(texts[0]["clip_score"]) >= float(texts[1]["clip_score"])  # best first
+    assert '"condition_scale": 2.0' in texts[0]["settings"]
+    assert Image.open(tmp_path / "g-1.png").size == (32, 32)

@@ -31,14 +31,20 @@ def test_cached_steps_equal_teacher_forcing(variant, scale):
     ids, mask, uids, umask = prompts()
     codes, logits = model.generate(ids, mask, num_images=3, top_k=8, seed=1, condition_scale=scale,
                                    uncond_input_ids=uids, uncond_attention_mask=umask, return_logits=True)
-    rows = torch.arange(2).repeat_interleave(3)
+    assert (teacher_forced(model, ids, mask, uids, umask, codes, scale) - logits).abs().max().item() < 1e-5
+    assert len(set(codes.flatten().tolist())) > 4  # a real sample, not one repeated code
+
+
+def teacher_forced(model, ids, mask, uids, umask, codes, scale):
+    """The logits of one uncached forward pass over `codes` (num_images rows per prompt), super-conditioned
+    as the sampler does."""
+    rows = torch.arange(ids.shape[0]).repeat_interleave(codes.shape[0] // ids.shape[0])
     with torch.no_grad():
         full = model(ids[rows], mask[rows], model.shift_right(codes))
         if scale != 1.0:
-            blank = model(uids.expand(6, -1), umask.expand(6, -1), model.shift_right(codes))
+            blank = model(uids.expand(len(rows), -1), umask.expand(len(rows), -1), model.shift_right(codes))
             full = blank + scale * (full - blank)
-    assert (full - logits).abs().max().item() < 1e-5
-    assert len(set(codes.flatten().tolist())) > 4  # a real sample, not one repeated code
+    return full
 
 
 def test_top_k_1_is_argmax_over_codes_and_never_bos():

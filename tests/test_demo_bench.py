@@ -1,0 +1,30 @@
+"""benchmarks/demo_bench.py runs end to end at tiny size (a real server, two clients), so it cannot rot:
+every table fills with positive numbers and the batcher merges what two clients send together."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio", reason="the demo needs the [demo] extra: pip install -e .[demo]")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import demo_bench  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_bench_tiny(tmp_path, capsys):
+    out = tmp_path / "demo.json"
+    (result,) = demo_bench.main(["--pipeline", "tiny", "--requests", "2", "--clients", "2", "--num-images",
+                                 "1", "--margins", "0", "1", "--threads", "1", "--batch-wait", "0.5",
+                                 "--json", str(out)])
+    assert json.loads(out.read_text()) == [json.loads(json.dumps(result))]
+    assert "÷ one at a time" in capsys.readouterr().out
+    one, two = result["throughput"]
+    assert one["sampler_calls"] == 2 and two["sampler_calls"] == 1  # two requests sent together: one call
+    assert one["images_per_s"] > 0 and two["images_per_s"] > 0
+    s = result["streaming"]
+    assert s["partials"] == 16 and 0 < s["first_partial_s"] < s["full_grid_streamed_s"]
+    for d in result["partial_decode"]:
+        assert d["whole_grid_ms"] > 0 and d["changed_rows_ms"] > 0 and d["max_pixel_error"] >= 0
