@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 LN_POSITIONS = ("normformer", "preln", "postln")
+PIXEL_RANGES = ("minus_one_to_one", "zero_to_one")  # as VQGANConfig.pixel_range
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "swish", "silu")
 
 
@@ -54,6 +55,10 @@ class DalleBartConfig:
     gradient_checkpointing: bool = False
     # prompts go through the reference's TextNormalizer before tokenisation (the released models: true)
     normalize_text: bool = False
+    # The pixel range of the VQGAN whose codes the model learned ("zero_to_one" for the released models, whose
+    # VQGAN ports are fed [0, 1] images); None = not recorded. Where it is set, shards encoded and a VQGAN
+    # decoding with another range are refused instead of silently giving other pictures.
+    vqgan_pixel_range: Optional[str] = None
     # Layout of a reference checkpoint's layer stacks. It matters for one quirk only: unscanned post-LN
     # stacks have no scale on the last layer's final LayerNorm. None means scanned (the reference default).
     use_scan: Optional[bool] = None
@@ -75,6 +80,9 @@ class DalleBartConfig:
 
         if self.ln_positions not in LN_POSITIONS:
             fail("ln_positions", f"{self.ln_positions!r} is not supported", f"use one of {LN_POSITIONS}")
+        if self.vqgan_pixel_range not in (None, *PIXEL_RANGES):
+            fail("vqgan_pixel_range", f"{self.vqgan_pixel_range!r} is unknown",
+                 f"use one of {PIXEL_RANGES} or null")
         if self.activation_function not in ACTIVATIONS:
             fail("activation_function", f"{self.activation_function!r} is unknown",
                  f"use one of {ACTIVATIONS}")

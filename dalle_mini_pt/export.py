@@ -3,7 +3,9 @@
     python -m dalle_mini_pt.export CKPT OUT_DIR [--push REPO] [--tokenizer PATH] [--dtype bfloat16]
 
 The checkpoint is read as `DalleBart.from_pretrained(CKPT)` reads it (`hub/lightning.py`: on CPU whatever
-device wrote it, tensors only). Run it once, on one process (rank 0).
+device wrote it, tensors only). A run that trained LoRA adapters (`model.lora`) is exported with the adapters
+merged into plain weights (by peft), so the model directory needs no peft to load. Run it once, on one
+process (rank 0).
 """
 
 from __future__ import annotations
@@ -12,11 +14,25 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
+from .config import DalleBartConfig
+from .hub.lightning import LORA_KEY, load_lightning_checkpoint, network_config, network_state
+from .hub.mixin import Checkpoint
 from .model import DalleBart
+from .training.lora import LoraSettings, merged
+
+
+def load_trained(ckpt_path) -> DalleBart:
+    """The DalleBart of a training checkpoint, LoRA adapters merged."""
+    ckpt = load_lightning_checkpoint(Path(ckpt_path))
+    if LORA_KEY not in ckpt:
+        return DalleBart.from_checkpoint(Checkpoint(network_config(ckpt), network_state(ckpt), str(ckpt_path),
+                                                    str(ckpt_path)))
+    net = DalleBart(DalleBartConfig.from_dict(network_config(ckpt)))
+    return merged(net, LoraSettings(**ckpt[LORA_KEY]), network_state(ckpt)).eval()
 
 
 def export(ckpt_path, out_dir, *, push: Optional[str] = None, tokenizer=None, dtype=None, private=None):
-    model = DalleBart.from_pretrained(Path(ckpt_path))
+    model = load_trained(ckpt_path)
     model.save_pretrained(out_dir, tokenizer=tokenizer, dtype=dtype, repo_id=push)
     if push:
         model.push_to_hub(push, tokenizer=tokenizer, dtype=dtype, private=private,

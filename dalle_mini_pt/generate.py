@@ -14,15 +14,15 @@ such as `conf/clip/tiny.yaml`, or `none`. Each sampling option has a flag (`--to
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
-
-import dalle_mini_pt  # noqa: F401  (torchvision fix first)
+from PIL import Image
 
 from .pipeline import DEFAULT_GENERATION, DalleMiniPipeline, PromptImages
 from .png_metadata import save_png
-from .sampling import add_arguments, from_arguments
+from .sampling import GenerationConfig, add_arguments, from_arguments
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,6 +33,9 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vqgan", default=None)
     p.add_argument("--clip", default="none")
     p.add_argument("--revision", default=None, help="hub revision of --pipeline or --model")
+    p.add_argument("--vqgan-revision", default=None,
+                   help="hub revision of --vqgan (default: the commit the reference pins for "
+                        "dalle-mini/vqgan_imagenet_f16_16384 and flax-community/vqgan_f16_16384)")
 
 
 def check_pipeline_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -59,7 +62,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = p.parse_args(argv)
     check_pipeline_arguments(p, args)
+    check_outputs(p, args)
+    try:  # the flags alone, before any model is loaded; a saved pipeline's defaults are merged in later
+        from_arguments(args, GenerationConfig())
+    except (TypeError, ValueError) as err:
+        p.error(str(err))
     return args
+
+
+def check_outputs(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse outputs that cannot be written before anything is loaded or sampled."""
+    if args.scale < 1:
+        p.error(f"--scale {args.scale} must be >= 1: it enlarges each image that many times in the grid")
+    out = args.out
+    if out.is_dir():
+        p.error(f"--out {out} is a directory; name the grid file in it, e.g. --out {out / 'grid.png'}")
+    formats = Image.registered_extensions()
+    if formats.get(out.suffix.lower()) not in Image.SAVE:
+        p.error(f"--out {out}: {out.suffix or 'no suffix'} is not an image format PIL writes; end it in .png")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        p.error(f"--out {out}: its folder cannot be created ({err.strerror})")
+    if not os.access(out.parent, os.W_OK):
+        p.error(f"--out {out}: no permission to write in {out.parent}")
 
 
 def load(args) -> DalleMiniPipeline:
@@ -69,7 +95,8 @@ def load(args) -> DalleMiniPipeline:
         return DalleMiniPipeline.from_pretrained(args.pipeline, device=device, dtype=dtype,
                                                  revision=args.revision)
     return DalleMiniPipeline.from_pretrained(args.model, args.vqgan, clip=args.clip, tokenizer=args.tokenizer,
-                                             device=device, dtype=dtype, revision=args.revision)
+                                             device=device, dtype=dtype, revision=args.revision,
+                                             vqgan_revision=args.vqgan_revision)
 
 
 def output_paths(out: Path, n: int) -> list[Path]:
@@ -86,7 +113,6 @@ def sample(pipe: DalleMiniPipeline, args, paths: list[Path]) -> list[PromptImage
     for written, results in pipe.stream(args.prompts, config, clip_top_n=args.clip_top_n, progress=None):
         if written < pipe.model.config.image_length:
             for result, path in zip(results, paths):
-                path.parent.mkdir(parents=True, exist_ok=True)
                 result.grid(scale=args.scale).save(path.with_name(f"{path.stem}-partial-{written:03d}.png"))
     return results
 
@@ -102,7 +128,6 @@ def main(argv=None) -> list[Path]:
     paths = output_paths(args.out, len(args.prompts))
     results = sample(pipe, args, paths)
     for result, path in zip(results, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
         result.grid(scale=args.scale).save(path)
         if args.save_each:
             save_each(result, path)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import DalleBartConfig
 from .hub.bart import read_bart_encoder
-from .hub.dallebart_flax import DALLEBART_FLAX
+from .hub.dallebart_flax import DALLEBART_FLAX, DALLEBART_FLAX_SHARDED
 from .hub.lightning import read_lightning_checkpoint
 from .hub.mixin import NATIVE, HubMixin
 from .hub.model_cards import dallebart_card
@@ -177,10 +177,12 @@ class ImageTokenDecoder(nn.Module):
 
 class DalleBart(HubMixin, nn.Module):
     config_class = DalleBartConfig
-    hub_layouts = (NATIVE, DALLEBART_FLAX)
+    hub_layouts = (NATIVE, DALLEBART_FLAX, DALLEBART_FLAX_SHARDED)
     file_readers = {".ckpt": read_lightning_checkpoint}
     hub_example = "dalle-mini/dalle-mini"
     pickle_fix = "Export them to safetensors with `python -m dalle_mini_pt.export`."
+    # the 2021 model as the reference's notebook pins it
+    pinned_revisions = {"flax-community/dalle-mini": "4d34126d0df8bc4a692ae933e3b902a1fa8b6114"}
 
     def __init__(self, config: DalleBartConfig):
         super().__init__()
@@ -231,9 +233,19 @@ class DalleBart(HubMixin, nn.Module):
         return dallebart_card(self, name, dtype)
 
 
+# settings of a training run, not of the architecture: fine-tuning takes them from the model group
+TRAINING_SETTINGS = ("dropout", "attention_dropout", "activation_dropout", "gradient_checkpointing")
+
+
 def build_dallebart(config: DalleBartConfig, pretrained_bart: Optional[str] = None,
-                    **hub_kwargs) -> DalleBart:
-    """A DalleBart; with `pretrained_bart` (hub name or path), its encoder starts from that BART's."""
+                    init_from: Optional[str] = None, **hub_kwargs) -> DalleBart:
+    """A DalleBart with random weights; with `init_from` (any directory, repo or `.ckpt` `from_pretrained`
+    reads), the weights of that model, whose architecture must be `config`'s; with `pretrained_bart` (a hub
+    name or path), the encoder of that BART (the 2021 recipe)."""
+    if init_from:
+        if pretrained_bart:
+            raise ValueError("model.init_from gives every weight already: set model.net.pretrained_bart=null")
+        return from_checkpoint_like(config, init_from, **hub_kwargs)
     model = DalleBart(config)
     if pretrained_bart:
         expected, state = read_bart_encoder(pretrained_bart, **hub_kwargs)
@@ -243,3 +255,21 @@ def build_dallebart(config: DalleBartConfig, pretrained_bart: Optional[str] = No
             raise ValueError(f"the pretrained BART does not fit model.net.config; set {fixes}")
         load_strict(model.encoder, state, f"BART encoder {pretrained_bart!r}")
     return model
+
+
+def from_checkpoint_like(config: DalleBartConfig, init_from: str, **hub_kwargs) -> DalleBart:
+    """The model `init_from` holds, after checking that the model group describes the same architecture
+    (fields the group leaves unset, and the training settings, which the group gives, are not compared)."""
+    model = DalleBart.from_pretrained(init_from, **hub_kwargs,
+                                      **{k: getattr(config, k) for k in TRAINING_SETTINGS})
+    ours, theirs = config.to_dict(), model.config.to_dict()
+    differ = {k: (v, theirs[k]) for k, v in ours.items()
+              if k not in (*TRAINING_SETTINGS, "use_scan", "init_std") and v is not None and theirs[k] != v}
+    if differ:
+        fixes = " ".join(f"model.net.config.{k}={theirs[k]}" for k in differ)
+        listed = ", ".join(f"{k}: {mine!r} in the model group, {then!r} in {init_from}"
+                           for k, (mine, then) in differ.items())
+        raise ValueError(f"model.init_from={init_from} is another architecture than the model group "
+                         f"({listed}). Pick the model group it was trained as (model=dalle_mini, "
+                         f"model=dalle_mega, …) or set {fixes}")
+    return model.train()

@@ -31,6 +31,7 @@ from .tokenizer import TextTokenizer, load_tokenizer
 from .vqgan import VQGAN, VQGANConfig
 
 INDEX_NAME = "model_index.json"
+WORD_FREQUENCY_NAME = "enwiki-words-frequency.txt"
 # The reference notebook's sampling: super-conditioning at 10, no top-k/top-p; four images per prompt.
 DEFAULT_GENERATION = GenerationConfig(num_images=4, condition_scale=10.0)
 
@@ -65,11 +66,12 @@ class PromptImages:
         return text
 
 
-def load_vqgan(spec: str) -> VQGAN:
+def load_vqgan(spec: str, revision: Optional[str] = None, **hub) -> VQGAN:
     """A `.safetensors` file (saved by `VQGAN.save_safetensors`), a taming `.ckpt` (the f16/16384 config),
     a Hydra yaml such as `conf/vqgan/tiny.yaml`, or else a directory or hub repo for `VQGAN.from_pretrained`
     (ours, vqgan-jax's Flax one such as `dalle-mini/vqgan_imagenet_f16_16384`, or taming's model.yaml +
-    last.ckpt)."""
+    last.ckpt), at `revision` (default: the reference's pinned commit of `dalle-mini/vqgan_imagenet_f16_16384`
+    and `flax-community/vqgan_f16_16384`, else main)."""
     path = Path(spec)
     if path.suffix == ".safetensors":
         return VQGAN.from_safetensors(path)
@@ -78,7 +80,16 @@ def load_vqgan(spec: str) -> VQGAN:
     if path.suffix in (".yaml", ".yml"):
         return instantiate(OmegaConf.load(path))
     # hub repo names may contain dots, so every other spec goes here; it names what it could not find
-    return VQGAN.from_pretrained(spec)
+    return VQGAN.from_pretrained(spec, revision=revision, **hub)
+
+
+def word_frequency_file(model, hub: dict) -> Optional[str]:
+    """The reference splits hashtags in every prompt with the model repo's `enwiki-words-frequency.txt`; a
+    model directory or repo that holds one has it used the same way."""
+    if str(model).endswith(".ckpt"):
+        return None
+    path = open_source(model, WORD_FREQUENCY_NAME, "dalle-mini/dalle-mini", **hub).file(WORD_FREQUENCY_NAME)
+    return str(path) if path is not None else None
 
 
 def load_clip(spec: Optional[str], device=None) -> Optional[ClipScorer]:
@@ -109,6 +120,12 @@ class DalleMiniPipeline:
         if tokenizer.max_length > cfg.text_positions:
             raise ValueError(f"tokenizer max_length {tokenizer.max_length} exceeds the model's "
                              f"{cfg.text_positions} text positions")
+        tokenizer.fit_to(cfg.encoder_vocab_size, "the model's encoder_vocab_size")
+        if cfg.vqgan_pixel_range not in (None, vqgan.config.pixel_range):
+            raise ValueError(f"the model learned codes of a VQGAN fed {cfg.vqgan_pixel_range} pixels, but "
+                             f"this VQGAN works in {vqgan.config.pixel_range}: its pictures would come out "
+                             "wrong. Load it with VQGAN.from_pretrained(..., "
+                             f"pixel_range={cfg.vqgan_pixel_range!r}) (or set pixel_range in its config)")
         self.model, self.tokenizer, self.vqgan = model.eval(), tokenizer, vqgan.eval()
         self.clip, self.normalizer = clip, normalizer
         self.decode_batch_size, self.generation_config = decode_batch_size, generation_config
@@ -118,10 +135,12 @@ class DalleMiniPipeline:
     @classmethod
     def from_pretrained(cls, pipeline_or_model, vqgan: Optional[str] = None, clip: Optional[str] = None,
                         tokenizer: Optional[str] = None, device=None, dtype=torch.float32,
-                        **hub_kwargs) -> "DalleMiniPipeline":
+                        vqgan_revision: Optional[str] = None, **hub_kwargs) -> "DalleMiniPipeline":
         """A pipeline directory or hub repo saved by `save_pretrained`; or, with `vqgan`, components by name
         or path: the model from a hub repo, directory (ours or the reference's) or Lightning `.ckpt` (then
-        with `tokenizer`), the VQGAN and CLIP as in `load_vqgan` / `load_clip`."""
+        with `tokenizer`), the VQGAN and CLIP as in `load_vqgan` / `load_clip`. `hub_kwargs` (`revision`,
+        `cache_dir`, `local_files_only`, `token`, `endpoint`) reach the pipeline or model repo;
+        `vqgan_revision` the VQGAN's."""
         device = torch.device(device or "cpu")
         if vqgan is None:
             return cls._from_index(pipeline_or_model, device, dtype, hub_kwargs)
@@ -131,10 +150,16 @@ class DalleMiniPipeline:
                              "(e.g. data.tokenizer)")
         net = DalleBart.from_pretrained(model, dtype=dtype, device=device, **hub_kwargs)
         length = net.config.max_text_length
+        # transformers takes its endpoint from HF_ENDPOINT, not from an argument
+        tokenizer_hub = {k: v for k, v in hub_kwargs.items() if k != "endpoint"}
         tok = (TextTokenizer.from_pretrained(tokenizer, length) if tokenizer
-               else load_tokenizer(model, max_length=length, **hub_kwargs))
-        normalizer = TextNormalizer() if net.config.normalize_text else None
-        return cls(net, tok, load_vqgan(vqgan).to(device), load_clip(clip, device), normalizer)
+               else load_tokenizer(model, max_length=length, **tokenizer_hub))
+        normalizer = None
+        if net.config.normalize_text:
+            normalizer = TextNormalizer(word_frequency_file(model, hub_kwargs))
+        vqgan_hub = {k: v for k, v in hub_kwargs.items() if k != "revision"}
+        vqgan_model = load_vqgan(vqgan, vqgan_revision, **vqgan_hub).to(device)
+        return cls(net, tok, vqgan_model, load_clip(clip, device), normalizer)
 
     @classmethod
     def _from_index(cls, name_or_path, device, dtype, hub: dict) -> "DalleMiniPipeline":
@@ -192,11 +217,14 @@ class DalleMiniPipeline:
         return next(self.model.parameters()).device
 
     def _prepare(self, prompts: Union[str, Sequence[str]]) -> list[str]:
+        if not isinstance(prompts, (str, Sequence)):
+            raise TypeError(f"prompts must be a string or a list of strings; got {type(prompts).__name__}")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("no prompts given: pass a string or a list of strings")
-        if any(not isinstance(p, str) for p in prompts):
-            raise TypeError("prompts must be strings")
+        wrong = [p for p in prompts if not isinstance(p, str)]
+        if wrong:
+            raise TypeError(f"prompts must be strings; got {type(wrong[0]).__name__} {wrong[0]!r}")
         if any(not p.strip() for p in prompts):
             warnings.warn("an empty prompt is the unconditional prompt: its images follow no text",
                           stacklevel=3)

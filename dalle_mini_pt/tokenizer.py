@@ -23,6 +23,7 @@ class TextTokenizer:
                              "save the tokenizer with pad_token set (BART's is '<pad>')")
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.id_limit: Optional[int] = None  # set by fit_to: ids at or above it have no embedding row
         self._warned_truncation = False
 
     @classmethod
@@ -38,6 +39,21 @@ class TextTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.tokenizer)
+
+    def fit_to(self, rows: int, key: str) -> None:
+        """Let only ids below `rows` (the model's embedding rows, `key`) reach the model. A larger tokenizer
+        is accepted when its extra ids are special tokens that ordinary text never produces: BART-large-cnn's
+        tokenizer has 50265 entries, id 50264 being `<mask>`, while the 2021 model embeds 50264. A text that
+        produces one anyway is refused by `__call__`, naming it."""
+        special = set(self.tokenizer.all_special_ids)
+        special |= {i for i, t in getattr(self.tokenizer, "added_tokens_decoder", {}).items() if t.special}
+        ordinary = [i for i in range(rows, self.vocab_size) if i not in special]
+        if ordinary:
+            raise ValueError(f"the tokenizer has {self.vocab_size} tokens but the model embeds only {rows} "
+                             f"({key}); ids {ordinary[:5]}{' …' if len(ordinary) > 5 else ''} are ordinary "
+                             f"tokens text produces. Raise {key} or use the model's own tokenizer "
+                             "(data.tokenizer)")
+        self.id_limit = rows if rows < self.vocab_size else None
 
     def __call__(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids and attention mask, (len(prompts), max_length) each. Overlong prompts are cut with
@@ -55,6 +71,11 @@ class TextTokenizer:
                           f"were truncated, e.g. {too_long[0][:60]!r}", stacklevel=2)
         enc = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
                              return_tensors="pt")
+        if self.id_limit is not None and enc["input_ids"].max() >= self.id_limit:
+            row, column = (enc["input_ids"] >= self.id_limit).nonzero()[0].tolist()
+            token = self.tokenizer.convert_ids_to_tokens(int(enc["input_ids"][row, column]))
+            raise ValueError(f"text {prompts[row]!r} contains {token!r}, a token the model has no embedding "
+                             f"row for (it embeds ids below {self.id_limit}); take it out of the text")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def unconditional(self) -> dict[str, torch.Tensor]:

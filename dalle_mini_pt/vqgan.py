@@ -109,6 +109,9 @@ class VQGAN(HubMixin, nn.Module):
     hub_example = "dalle-mini/vqgan_imagenet_f16_16384"
     pickle_fix = PICKLE_FIX
     save_dtype = torch.float32  # it only runs in float32
+    # the commit the reference's inference pins (its notebooks and app), so a moved main cannot change codes
+    pinned_revisions = {"dalle-mini/vqgan_imagenet_f16_16384": "e93a26e7707683d349bf5d5c41c5b0ef69b677a9",
+                        "flax-community/vqgan_f16_16384": "90cc46addd2dd8f5be21586a9a23e1b95aa506a9"}
 
     def __init__(self, config: VQGANConfig | Mapping):
         super().__init__()

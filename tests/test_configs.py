@@ -16,7 +16,8 @@ EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml
 def local_data(tiny):
     # experiments name real shards and hub tokenizers; point them at the local tiny set instead
     return [f"data.train_files={tiny}/train.parquet", f"data.val_files={tiny}/val.parquet",
-            f"data.tokenizer={tiny}/tokenizer", "model.net.pretrained_bart=null", "data.num_workers=0"]
+            f"data.tokenizer={tiny}/tokenizer", "model.net.pretrained_bart=null", "data.num_workers=0",
+            "model.init_from=null"]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -25,15 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..config_dir import CONFIG_DIR
 from ..vqgan import VQGAN
 from .image_sources import load_image, open_source
-
-META_KEY = b"dalle_mini_pt.encode"
+from .shards import META_KEY
 
 
 class DecodedImages(Dataset):
@@ -92,7 +91,18 @@ def write_shard(path: Path, rows: list[dict], codes: np.ndarray, meta: dict, row
 
 
 def shard_meta(path: Path) -> dict:
-    return json.loads(pq.read_schema(path).metadata[META_KEY])
+    """The run settings a shard of ours records; a cut-off or foreign file in output_dir is named."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path}: cut off or not parquet ({type(err).__name__}: {err}); it is no shard this "
+                         "tool finished (those appear whole, by rename). Delete it and run again: it is "
+                         "encoded anew") from None
+    if META_KEY not in metadata:
+        raise ValueError(f"{path} was not written by this encoder (its schema has no "
+                         f"{META_KEY.decode()} metadata), so it cannot be resumed or reported on. Encode "
+                         "into an empty output_dir, or move the foreign file away")
+    return json.loads(metadata[META_KEY])
 
 
 def check_resumable(output_dir: Path, shards: list[range], run: dict) -> dict[int, range]:
@@ -164,7 +174,8 @@ def encode_dataset(source, vqgan: VQGAN, output_dir, *, shard_size: int = 10000,
         stale.unlink()
     cfg = vqgan.config
     run = {"num_items": len(source), "shard_size": shard_size, "resolution": cfg.resolution,
-           "codebook_size": cfg.n_embed, "codes_per_image": cfg.codes_per_image}
+           "codebook_size": cfg.n_embed, "codes_per_image": cfg.codes_per_image,
+           "pixel_range": cfg.pixel_range}
     shards = shard_ranges(len(source), shard_size)
     todo = check_resumable(output_dir, shards, run)
     code_type = pa.int16() if cfg.n_embed <= 2**15 else pa.int32()
@@ -199,9 +210,15 @@ def build_vqgan(vqgan_cfg: DictConfig, weights: Optional[str], device: str) -> V
 
 
 def run(cfg: DictConfig) -> dict:
+    if OmegaConf.is_missing(cfg, "vqgan_weights"):
+        raise ValueError("vqgan_weights is not set: name the VQGAN your model's codes come from, e.g. "
+                         "vqgan_weights=dalle-mini/vqgan_imagenet_f16_16384 (a hub repo or directory), or a "
+                         ".safetensors / taming .ckpt file; vqgan_weights=null encodes with random weights "
+                         "(tests only)")
+    # the VQGAN before the input: scanning a big folder first would only defer a wrong weights path
+    vqgan = build_vqgan(cfg.vqgan, cfg.vqgan_weights, cfg.device)
     source = open_source(cfg.input.format, cfg.input.path, list(cfg.input.passthrough),
                          cfg.input.image_column, cfg.input.caption_column)
-    vqgan = build_vqgan(cfg.vqgan, cfg.vqgan_weights, cfg.device)
     return encode_dataset(source, vqgan, cfg.output_dir, shard_size=cfg.shard_size, batch_size=cfg.batch_size,
                           num_workers=cfg.num_workers, row_group_size=cfg.row_group_size,
                           passthrough=list(cfg.input.passthrough), progress=cfg.progress)

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -36,11 +37,35 @@ class Sample:
     fields: dict = field(default_factory=dict)  # passthrough values, e.g. a CLIP score
 
 
+# what transparent pixels are composited on: the white a viewer shows behind an image
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+def as_rgb(im: Image.Image) -> Image.Image:
+    """An image as a viewer shows it, in 8-bit RGB: turned upright by its EXIF orientation, 16-bit and 32-bit
+    greyscale scaled into 0..255 (PIL's convert("RGB") clips them, so a 16-bit PNG became pure white), and
+    transparency composited on `ALPHA_BACKGROUND` (convert("RGB") drops the alpha, leaving whatever colour
+    the transparent pixels happen to hold, often black). The reference's encoding did the plain convert, so
+    such images get other codes here than there."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or values.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(np.round(values * 255.0 / top), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
 def load_image(data: bytes, resolution: int) -> np.ndarray:
-    """Image bytes -> (resolution, resolution, 3) uint8: torchvision's Resize(resolution, LANCZOS) then
-    CenterCrop(resolution), the reference's 2021 preprocessing, done in PIL. Raises on bad or cut files."""
+    """Image bytes -> (resolution, resolution, 3) uint8: `as_rgb`, then torchvision's Resize(resolution,
+    LANCZOS) and CenterCrop(resolution), the reference's 2021 preprocessing, done in PIL. Raises on bad or
+    cut files."""
     with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")  # decodes the whole file: a truncated one raises here, not later
+        im.load()  # decodes the whole file: a truncated one raises here, not later
+        im = as_rgb(im)
     w, h = im.size
     scale = resolution / min(w, h)
     size = (resolution, int(resolution * h / w)) if w <= h else (int(resolution * w / h), resolution)
@@ -142,11 +167,15 @@ class TarSource:
 
 def _read_table(path: Path):
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return pacsv.read_csv(path)
-    if suffix == ".tsv":
-        return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter="\t"))
-    return pq.read_table(path)
+    try:
+        if suffix == ".csv":
+            return pacsv.read_csv(path)
+        if suffix == ".tsv":
+            return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter="\t"))
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"input.path={str(path)!r}: not a readable {suffix.lstrip('.') or 'parquet'} table "
+                         f"({type(err).__name__}: {err}); tables are .parquet, .csv or .tsv files") from None
 
 
 class TableSource:

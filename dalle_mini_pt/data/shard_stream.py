@@ -16,7 +16,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..tokenizer import TextTokenizer
 from . import stream_plan
-from .shards import ShardIndex, check_codes, open_parquet
+from .shards import ShardIndex, check_codes, null_caption, open_parquet
 
 
 class RowReader:
@@ -56,7 +56,9 @@ class RowReader:
         local = chunk.rows[seg.lo:seg.hi] if chunk.rows is not None else range(seg.lo, seg.hi)
         for i, row in enumerate(local):
             if self.pending[seg.start + i]:
-                self.rows[seg.start + i] = (captions[row] or "", codes[row])
+                if captions[row] is None:  # only where the footer had no statistics to check up front
+                    null_caption(path, first_row + row, caption_column)
+                self.rows[seg.start + i] = (captions[row], codes[row])
 
 
 class ShardStream(IterableDataset):

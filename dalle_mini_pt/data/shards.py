@@ -8,6 +8,7 @@ paths or fsspec URLs (`s3://bucket/train/*.parquet`, `gs://...`); globs and dire
 from __future__ import annotations
 
 import glob
+import json
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -19,6 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 Files = Union[str, Sequence[str]]
+# the schema-metadata key under which the encoder tool records its run (VQGAN size, pixel range, items)
+META_KEY = b"dalle_mini_pt.encode"
 _GLOB_CHARS = "*?["
 
 
@@ -49,8 +52,61 @@ def resolve_files(files: Files, key: str) -> list[str]:
 
 
 def open_parquet(url: str) -> pq.ParquetFile:
+    """The file with its footer read; a file that is empty, cut off or not parquet fails naming itself."""
     fs, path = fsspec.core.url_to_fs(url)
-    return pq.ParquetFile(fs.open(path, "rb"))
+    try:
+        return pq.ParquetFile(fs.open(path, "rb"))
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{url}: not a readable parquet file ({type(err).__name__}: {err}); it is empty, "
+                         "cut off or not parquet. Encode it again, or take it out of the file list") from None
+
+
+def check_types(schema: pa.Schema, path: str, caption_column: str, encoding_column: str) -> None:
+    """Captions must be text and codes lists of integers: an integer caption column would fail in the
+    tokenizer, and float codes would be truncated to other codes without a word."""
+    caption = schema.field(caption_column).type
+    if not (pa.types.is_string(caption) or pa.types.is_large_string(caption)):
+        raise ValueError(f"{path}: column {caption_column!r} holds {caption}, not text. Captions must be "
+                         "strings: cast the column (pyarrow.compute.cast(column, pyarrow.string())) and "
+                         "write the shard again")
+    codes = schema.field(encoding_column).type
+    nested = pa.types.is_list(codes) or pa.types.is_large_list(codes) or pa.types.is_fixed_size_list(codes)
+    if not (nested and pa.types.is_integer(codes.value_type)):
+        raise ValueError(f"{path}: column {encoding_column!r} holds {codes}, not lists of integer codes "
+                         "(float values would be truncated to other codes). Encode the images again with "
+                         "`python -m dalle_mini_pt.data.encode`")
+
+
+def check_no_null_captions(pf: pq.ParquetFile, path: str, column: str) -> None:
+    """From the row groups' statistics (footer only), so every shard is checked before training; a row group
+    without statistics is checked as it streams (`null_caption`)."""
+    leaf = [pf.metadata.schema.column(i).path for i in range(pf.metadata.num_columns)].index(column)
+    start = 0
+    for rg in range(pf.metadata.num_row_groups):
+        stats = pf.metadata.row_group(rg).column(leaf).statistics
+        if stats is not None and stats.has_null_count and stats.null_count:
+            nulls = pf.read_row_group(rg, columns=[column]).column(0).is_null().to_numpy(zero_copy_only=False)
+            null_caption(path, start + int(np.argmax(nulls)), column)
+        start += pf.metadata.row_group(rg).num_rows
+
+
+def check_pixel_range(pf: pq.ParquetFile, path: str, expected: Optional[str]) -> None:
+    """Codes of a VQGAN fed [-1, 1] pixels mean other pictures than those of one fed [0, 1]: shards that
+    record the range they were encoded with must match the model's `vqgan_pixel_range`."""
+    metadata = pf.schema_arrow.metadata or {}
+    run = json.loads(metadata[META_KEY]).get("run", {}) if META_KEY in metadata else {}
+    recorded = run.get("pixel_range")
+    if expected and recorded and recorded != expected:
+        raise ValueError(f"{path} was encoded by a VQGAN fed {recorded} pixels, but the model learns codes "
+                         f"of one fed {expected} (model.net.config.vqgan_pixel_range). Encode again with the "
+                         f"model's VQGAN (vqgan.config.pixel_range={expected}), or set "
+                         f"model.net.config.vqgan_pixel_range={recorded} for a model trained from scratch")
+
+
+def null_caption(path: str, row: int, column: str):
+    raise ValueError(f"{path} row {row}: the {column!r} is null. A null is not the empty caption (that one "
+                     "is data.blank_caption_prob's job): drop or fill those rows, e.g. "
+                     f"table.filter(pyarrow.compute.is_valid(table[{column!r}])), and write the shard again")
 
 
 def check_columns(names: Sequence[str], path: str, columns: dict[str, str]) -> None:
@@ -132,15 +188,21 @@ class ShardIndex:
 
     Built once in `setup`; workers get a copy. Only footers and filter columns are read here, so every rank
     knows every chunk's kept-row count without reading the codes, which is what lets ranks split an epoch
-    into exactly equal parts.
+    into exactly equal parts. Every shard's footer and schema are checked on the way (the codes are checked
+    as they stream, naming file and row).
     """
 
-    def __init__(self, files: list[str], key: str, row_filter: RowFilter, columns: dict[str, str]):
+    def __init__(self, files: list[str], key: str, row_filter: RowFilter, columns: dict[str, str],
+                 pixel_range: Optional[str] = None):
         self.files, self.key = files, key
         self.chunks: list[Chunk] = []
+        caption, encoding = columns["data.caption_column"], columns["data.encoding_column"]
         for i, path in enumerate(files):
             pf = open_parquet(path)
             check_columns(pf.schema_arrow.names, path, {**columns, **row_filter.columns})
+            check_types(pf.schema_arrow, path, caption, encoding)
+            check_no_null_captions(pf, path, caption)
+            check_pixel_range(pf, path, pixel_range)
             mask = row_filter.mask(pf.read(columns=list(set(row_filter.columns.values())))) \
                 if row_filter.columns else None
             start = 0

@@ -61,15 +61,15 @@ class StreamingDataModule(pl.LightningDataModule):
     """Filters follow the reference: `min_clip_score`/`max_clip_score` on `clip_score_column`, and
     `filter_column == filter_value`. `rank`/`world_size` default to the trainer's (or torch.distributed's)."""
 
-    def __init__(self, train_files: Files, tokenizer: str, text_length: int, image_length: int,
-                 codebook_size: int, batch_size: int, val_files: Optional[Files] = None, num_workers: int = 0,
-                 seed: int = 0, shuffle_buffer: int = 5000, drop_last: bool = True,
+    def __init__(self, train_files: Optional[Files], tokenizer: Optional[str], text_length: int,
+                 image_length: int, codebook_size: int, batch_size: int, val_files: Optional[Files] = None,
+                 num_workers: int = 0, seed: int = 0, shuffle_buffer: int = 5000, drop_last: bool = True,
                  blank_caption_prob: float = 0.0, normalize_text: bool = False,
                  word_frequency_path: Optional[str] = None, min_clip_score: Optional[float] = None,
                  max_clip_score: Optional[float] = None, clip_score_column: str = "clip_score",
                  filter_column: Optional[str] = None, filter_value=None, caption_column: str = "caption",
                  encoding_column: str = "encoding", rank: Optional[int] = None,
-                 world_size: Optional[int] = None):
+                 world_size: Optional[int] = None, vqgan_pixel_range: Optional[str] = None):
         super().__init__()
         if not 0.0 <= blank_caption_prob <= 1.0:
             raise ValueError(f"data.blank_caption_prob={blank_caption_prob} must be within [0, 1]")
@@ -78,8 +78,11 @@ class StreamingDataModule(pl.LightningDataModule):
         if (filter_column is None) != (filter_value is None):
             raise ValueError("data.filter_column and data.filter_value go together: set both or neither")
         # resolved now so a missing shard or tokenizer fails before any model is built
-        self.train_files = resolve_files(train_files, "data.train_files")
+        self.train_files = resolve_files(train_files, "data.train_files") if train_files else []
         self.val_files = resolve_files(val_files, "data.val_files") if val_files else []
+        if not tokenizer:
+            raise ValueError("data.tokenizer is not set: name the captions' tokenizer (a hub name or a "
+                             "directory), or set model.init_from, whose tokenizer is the default")
         self.tokenizer = TextTokenizer.from_pretrained(tokenizer, text_length)
         self.normalizer = TextNormalizer(word_frequency_path, seed=seed) if normalize_text else None
         self.row_filter = RowFilter(min_clip_score, max_clip_score, clip_score_column, filter_column,
@@ -88,7 +91,7 @@ class StreamingDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.drop_last = batch_size, num_workers, drop_last
         self.seed, self.shuffle_buffer, self.blank_caption_prob = seed, shuffle_buffer, blank_caption_prob
         self.columns = {"data.caption_column": caption_column, "data.encoding_column": encoding_column}
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.vqgan_pixel_range = rank, world_size, vqgan_pixel_range
         self.position = StreamPosition()
         self.train_index: Optional[ShardIndex] = None
         self.val_index: Optional[ShardIndex] = None
@@ -104,19 +107,29 @@ class StreamingDataModule(pl.LightningDataModule):
         return 0, 1
 
     def _index(self, files: list[str], key: str, row_filter: RowFilter) -> ShardIndex:
-        index = ShardIndex(files, key, row_filter, self.columns)
-        # read one row group now, so shards of the wrong VQGAN or model fail before training starts
-        pf = open_parquet(files[0])
-        if pf.metadata.num_row_groups:
-            try:
+        try:
+            index = ShardIndex(files, key, row_filter, self.columns, self.vqgan_pixel_range)
+            # read one row group now, so shards of the wrong VQGAN or model fail before training starts
+            pf = open_parquet(files[0])
+            if pf.metadata.num_row_groups:
                 check_codes(files[0], pf.read_row_group(0, columns=[self.columns["data.encoding_column"]])
                             .column(0), self.image_length, self.codebook_size)
-            except ValueError as err:
-                raise ValueError(f"{key}: {err}") from None
+        except ValueError as err:
+            raise ValueError(f"{key}: {err}") from None
         return index
 
+    def _nonempty(self, stream: ShardStream, key: str) -> ShardStream:
+        """Lightning runs an epoch of no batches without a word: refuse before the first step instead."""
+        if not len(stream):
+            filtered = " after the filters" if key == "data.train_files" and self.row_filter.columns else ""
+            raise ValueError(f"{key}: {stream.index.num_rows} rows{filtered} make no batch of "
+                             f"data.batch_size={self.batch_size} on {stream.world_size} device(s) "
+                             f"(data.drop_last={self.drop_last}), so nothing would be trained or measured. "
+                             "Lower data.batch_size or add rows")
+        return stream
+
     def setup(self, stage: Optional[str] = None) -> None:
-        if self.train_index is None:
+        if self.train_index is None and self.train_files:
             self.train_index = self._index(self.train_files, "data.train_files", self.row_filter)
         if self.val_index is None and self.val_files:
             # validation measures one fixed set; the training filters do not apply to it
@@ -132,18 +145,31 @@ class StreamingDataModule(pl.LightningDataModule):
             columns=(self.columns["data.caption_column"], self.columns["data.encoding_column"]))
 
     def train_dataloader(self) -> StreamLoader:
+        if not self.train_files:
+            raise ValueError("data.train_files is not set: point it at the encoded training shards")
         if self.train_index is None:
             self.setup("fit")
-        return StreamLoader(self._stream(self.train_index, train=True), self.position, self._epoch,
-                            self.num_workers, pin_memory=torch.cuda.is_available())
+        stream = self._nonempty(self._stream(self.train_index, train=True), "data.train_files")
+        return StreamLoader(stream, self.position, self._epoch, self.num_workers,
+                            pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self):
         if not self.val_files:
             return []
         if self.val_index is None:
             self.setup("validate")
-        return StreamLoader(self._stream(self.val_index, train=False), StreamPosition(), lambda: 0,
-                            self.num_workers, pin_memory=torch.cuda.is_available())
+        # a plain loader: every pass reads the whole set from its start. (A StreamLoader resumes where the
+        # last pass stopped, and Lightning stops after len() batches without exhausting the iterator, so
+        # every second validation pass read nothing.)
+        stream = self._nonempty(self._stream(self.val_index, train=False), "data.val_files")
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available())
+
+    def test_dataloader(self):
+        """The validation shards, for `python -m dalle_mini_pt.eval` (the same batches validation reads)."""
+        if not self.val_files:
+            raise ValueError("data.val_files is not set: point it at the shards to evaluate on")
+        return self.val_dataloader()
 
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else self.position.epoch

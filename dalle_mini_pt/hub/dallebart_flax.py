@@ -19,11 +19,15 @@ from pathlib import Path
 import torch
 
 from .files import CONFIG_NAME, FLAX_WEIGHTS_NAME, load_config_json
+
+FLAX_WEIGHTS_INDEX_NAME = FLAX_WEIGHTS_NAME + ".index.json"
 from .flax_msgpack import PARAM, read_flax_msgpack
 from .mixin import Layout
 
 # the 2021 model was trained on prompts padded to 128 tokens (its config.json does not record it)
 TEXT_LENGTH_2021 = 128
+# both generations learned codes of vqgan-jax ports fed [0, 1] images (their config.json records no range)
+RELEASED_PIXEL_RANGE = "zero_to_one"
 
 # --- DalleBart (2022) layout --------------------------------------------------------------------------
 
@@ -120,6 +124,7 @@ def dallebart_config(values: dict, flat: dict) -> dict:
         values["use_final_ln_encoder"] = values["use_final_ln_decoder"] = False
     values["use_scan"] = is_scanned(flat)
     values["gradient_checkpointing"] = False  # a training-time choice of the run that saved it
+    values.setdefault("vqgan_pixel_range", RELEASED_PIXEL_RANGE)
     return values
 
 
@@ -182,17 +187,40 @@ def bart2021_config(values: dict, flat: dict) -> dict:
         activation_function=values.get("activation_function", "gelu"),
         scale_embedding=values.get("scale_embedding", False), ln_positions="postln", use_glu=False,
         use_bias=True, use_final_ln_encoder=False, use_final_ln_decoder=False, use_scan=True,
+        vqgan_pixel_range=RELEASED_PIXEL_RANGE,
     )
 
 
-def read_dallebart_flax(config_path: Path, msgpack_path: Path) -> tuple[dict, dict]:
-    """(config values, state dict) from a reference `flax_model.msgpack` and its `config.json`."""
-    flat, values = read_flax_msgpack(msgpack_path), load_config_json(config_path)
+def from_flat(values: dict, flat: dict, source: str) -> tuple[dict, dict]:
+    """(config values, state dict) from a parsed reference `config.json` and its flat parameter tree."""
     if is_2021_layout(flat):
-        return bart2021_config(values, flat), bart2021_state_dict(flat, str(msgpack_path))
+        return bart2021_config(values, flat), bart2021_state_dict(flat, source)
     values = dallebart_config(values, flat)
-    return values, dallebart_state_dict(flat, values.get("ln_positions", "normformer"), str(msgpack_path))
+    return values, dallebart_state_dict(flat, values.get("ln_positions", "normformer"), source)
+
+
+def read_dallebart_flax(config_path: Path, msgpack_path: Path) -> tuple[dict, dict]:
+    return from_flat(load_config_json(config_path), read_flax_msgpack(msgpack_path), str(msgpack_path))
+
+
+def shard_names(index_path: Path) -> list[str]:
+    """The shard files of a sharded Flax checkpoint, as transformers' `flax_model.msgpack.index.json` maps
+    each parameter path to one."""
+    try:
+        return sorted(set(load_config_json(index_path)["weight_map"].values()))
+    except (KeyError, AttributeError, TypeError) as err:
+        raise ValueError(f"{index_path}: not a sharded-checkpoint index (no weight_map of files)") from err
+
+
+def read_sharded_flax(config_path: Path, index_path: Path) -> tuple[dict, dict]:
+    """Each shard holds part of the parameter tree (transformers' `flax_shard_checkpoint`): read them all."""
+    flat = {}
+    for name in shard_names(index_path):
+        flat.update(read_flax_msgpack(index_path.parent / name))
+    return from_flat(load_config_json(config_path), flat, str(index_path))
 
 
 DALLEBART_FLAX = Layout(f"{CONFIG_NAME} + {FLAX_WEIGHTS_NAME} (the reference's)", CONFIG_NAME,
                         FLAX_WEIGHTS_NAME, read_dallebart_flax)
+DALLEBART_FLAX_SHARDED = Layout(f"{CONFIG_NAME} + {FLAX_WEIGHTS_INDEX_NAME} and its shards", CONFIG_NAME,
+                                FLAX_WEIGHTS_INDEX_NAME, read_sharded_flax, companions=shard_names)

@@ -54,6 +54,8 @@ class Layout:
     weights_name: str
     read: Callable[[Path, Path], tuple[dict, dict]]
     converted: bool = True  # not our format: a hub load caches the conversion in ours, per commit
+    # other files `read` needs beside the weights file (a sharded checkpoint's shards, named by its index)
+    companions: Optional[Callable[[Path], list[str]]] = None
 
 
 def read_native(config_path: Path, weights_path: Path) -> tuple[dict, dict]:
@@ -83,6 +85,9 @@ def read_layout(source: Source, layout: Layout,
             return None  # a pickle with no config beside it is no layout of ours: refused as a pickle below
         raise FileNotFoundError(f"{source.name}/{layout.config_name}: missing; {layout.weights_name} needs "
                                 f"the {layout.config_name} saved next to it ({layout.description})")
+    for name in layout.companions(weights) if layout.companions else ():
+        if source.file(name) is None:  # a hub repo fetches it beside the weights file
+            raise FileNotFoundError(f"{source.name}: {layout.weights_name} names {name}, which is missing")
     values, state = layout.read(config, weights)
     checkpoint = Checkpoint(values, state, str(weights), str(config))
     if cache is not None:
@@ -117,6 +122,8 @@ class HubMixin:
     load_dtype: ClassVar[torch.dtype] = torch.float32  # the default of from_pretrained(dtype=None)
     save_dtype: ClassVar[Optional[torch.dtype]] = None  # the default of save_pretrained(dtype=None): as is
     build_on_meta: ClassVar[bool] = True
+    # repo -> the commit `from_pretrained` reads when no revision is given (what the reference pins)
+    pinned_revisions: ClassVar[dict[str, str]] = {}
 
     # --- loading ---------------------------------------------------------------------------------------
 
@@ -124,10 +131,11 @@ class HubMixin:
     def from_pretrained(cls, name_or_path, *, subfolder: str = "", revision: Optional[str] = None,
                         local_files_only: bool = False, cache_dir=None, token=None,
                         endpoint: Optional[str] = None, dtype=None, device=None, **config_overrides):
-        """A model in eval mode from a directory, a hub repo (at `revision`; a `subfolder` of either) or a
-        single checkpoint file, in any layout the class reads. `config_overrides` replace config values
-        before the model is built."""
+        """A model in eval mode from a directory, a hub repo (at `revision`, else the class's pinned commit
+        for that repo, else main; a `subfolder` of either) or a single checkpoint file, in any layout the
+        class reads. `config_overrides` replace config values before the model is built."""
         path = Path(name_or_path).expanduser()
+        revision = revision or cls.pinned_revisions.get(str(name_or_path))
         if path.is_file() and path.suffix in cls.file_readers:
             values, state = cls.file_readers[path.suffix](path)
             checkpoint = Checkpoint(values, state, str(path), str(path))

@@ -2,7 +2,7 @@
 dtype and the cache the sampler allocates per image (self-attention K/V of all 256 positions, for the
 conditional and the unconditional row of a super-conditioned image, and the text's cross-attention K/V).
 
-    python benchmarks/memory_table.py      # the README's computed table
+    python benchmarks/generation_memory.py      # the README's computed table
 
 The measured table (`bench.py --device cuda`, `bench_report.readme_gpu_table`) adds what this leaves out:
 activations, logits and workspaces (the peak of `torch.cuda.max_memory_allocated`); neither counts the CUDA
