@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import bench  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 import bench_report  # noqa: E402
-import memory_table  # noqa: E402
+import generation_memory  # noqa: E402
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -104,7 +104,7 @@ def test_bench_tiny_cuda(tmp_path):
 
 
 def test_readme_tables_are_the_codes():
-    assert memory_table.markdown() in README
+    assert generation_memory.markdown() in README
     assert bench_report.readme_gpu_table([]) in README
 
 
