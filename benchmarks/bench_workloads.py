@@ -1,13 +1,14 @@
 """What the benchmark measures; `bench.py` runs it in child processes and reports.
 
-The sizes and the workload, the work counts behind the floors and MFU, the floors (measured in the
-calling process), and the workloads each child process runs and answers as one JSON line.
+The sizes and the workload, the work counts behind the floors and MFU (`bench_floors.py` measures the
+floors), and the workloads each child process runs and answers as one JSON line. A child builds its model
+on the row's device in the row's dtype; on CUDA it synchronises around the timed region and reports the
+peak of `torch.cuda.max_memory_allocated` over the timed run (weights included), on the CPU its peak RSS.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from pathlib import Path
 
@@ -17,20 +18,29 @@ from dalle_mini_pt.sampling import GenerationConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# mini is conf/model/dalle_mini.yaml as it stands; tiny keeps its vocabularies and lengths (min-dalle
-# hard-codes 64 text tokens and 2**14 codes) and shrinks the layers
-SIZES = {"mini": {}, "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                                  decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128)}
-TRAIN_SIZES = {"mini": dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TINY = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128)
+# mini and mega are conf/model/dalle_mini.yaml and dalle_mega.yaml as they stand; tiny keeps mini's
+# vocabularies and lengths (min-dalle hard-codes 64 text tokens and 2**14 codes) and shrinks the layers
+SIZES = ("mini", "mega", "tiny")
+# training: a DalleBart with 99 M non-embedding parameters (163 M in all), the mini model itself, and tiny
+TRAIN_SIZES = {"100m": dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
                             decoder_attention_heads=12, encoder_ffn_dim=2048, decoder_ffn_dim=2048),
-               "tiny": SIZES["tiny"]}
-# the matvec matrix is 1 GiB at mini size: bigger than any last-level cache
-FLOOR_SHAPES = {"mini": dict(matvec=(16384, 16384), gemm=2048), "tiny": dict(matvec=(2048, 4096), gemm=512)}
+               "mini": {}, "tiny": TINY}
 SAMPLING = GenerationConfig(top_k=256, condition_scale=16.0, seed=0)  # min-dalle's defaults
 PROMPT = [0, *range(100, 110), 2]  # <s> ten tokens </s>
 UNCOND = [0, 2]  # the tokenised empty prompt
 
+
+def size_overrides(size: str) -> dict:
+    from omegaconf import OmegaConf
+
+    if size == "tiny":
+        return dict(TINY)
+    if size == "mega":
+        return OmegaConf.to_container(OmegaConf.load(CONF / "model" / "dalle_mega.yaml").net.config)
+    return {}
 
 
 def model_config(**overrides):
@@ -45,7 +55,7 @@ def model_config(**overrides):
 
 def generation_config(size: str, steps: int):
     # the position table keeps its 256 rows; the cache and the loop follow `steps`
-    return model_config(**SIZES[size], image_length=steps, image_positions=256)
+    return model_config(**size_overrides(size), image_length=steps, image_positions=256)
 
 
 def rss_mb(field: str = "VmHWM") -> float:
@@ -69,10 +79,34 @@ def default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def padded(tokens: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def padded(tokens: list[int], length: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.ones((1, length), dtype=torch.long)  # 1 is <pad>
     ids[0, :len(tokens)] = torch.tensor(tokens)
-    return ids, (ids != 1).long()
+    return ids.to(device), (ids != 1).long().to(device)
+
+
+class Timed:
+    """Wall time of a block, the device drained before and after it; `peak` is the block's peak memory."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()  # the peak starts at what is allocated now: the weights
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.start
+
+    def memory(self) -> dict:
+        if self.device == "cuda":
+            return {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2 ** 20}
+        return {"peak_rss_mb": rss_mb()}
 
 
 # ---------------------------------------------------------------- work counts (floors and MFU)
@@ -87,6 +121,13 @@ def decode_step_bytes(config, dtype: str) -> int:
     skip = ("embed.", ".cross_attn.k_proj.", ".cross_attn.v_proj.")
     numel = sum(p.numel() for n, p in decoder.named_parameters() if not any(s in n for s in skip))
     return numel * DTYPES[dtype].itemsize
+
+
+def cache_bytes_per_step(config, dtype: str, batch: int, steps: int) -> float:
+    """Self-attention K/V bytes a step must read, on average over `steps`: the t + 1 positions written so far
+    for 2 * batch rows (the text's K/V, under 2% of it, left out)."""
+    per_position = config.decoder_layers * 2 * (2 * batch) * config.d_model * DTYPES[dtype].itemsize
+    return per_position * (steps + 1) / 2
 
 
 def _layer_macs(config, part: str, tokens: int, keys: int) -> float:
@@ -118,107 +159,45 @@ def train_flops(config, batch: int) -> float:
     return 3 * 2.0 * batch * fwd
 
 
-# ---------------------------------------------------------------- floors (in this process)
-
-def _best_time(fn, repeats: int) -> float:
-    fn()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def measure_floors(size: str) -> dict:
-    from dalle_mini_pt.huge_pages import on_huge_pages  # where `generate` puts weights
-
-    (rows, cols), n = FLOOR_SHAPES[size]["matvec"], FLOOR_SHAPES[size]["gemm"]
-    w, x = torch.empty(rows, cols).uniform_(-1, 1), torch.empty(cols).uniform_(-1, 1)
-    w = on_huge_pages(w)
-    out = {"matvec_float32_GBps": w.nbytes / _best_time(lambda: torch.mv(w, x), 5) / 1e9}
-    for name, dtype in DTYPES.items():  # nn.Linear on 2 rows: a batch-1 super-conditioned step
-        wd, xd = (w if dtype is w.dtype else on_huge_pages(w.to(dtype)),
-                  x.to(dtype).expand(2, cols).contiguous())
-        out[f"linear2_{name}_GBps"] = (wd.nbytes / _best_time(lambda: torch.nn.functional.linear(xd, wd), 5)
-                                       / 1e9)
-        a, b = torch.empty(n, n, dtype=dtype).uniform_(-1, 1), torch.empty(n, n, dtype=dtype).uniform_(-1, 1)
-        out[f"gemm_{name}_GFLOPs"] = 2 * n ** 3 / _best_time(lambda: a @ b, 3) / 1e9
-    out["bandwidth_GBps"] = max(out["matvec_float32_GBps"], out["linear2_float32_GBps"])
-    return out
-
-
-def step_matmul_seconds(config, dtype: str, batch: int) -> float:
-    """One super-conditioned decoding step's matmuls alone, through the decoder's own Linear modules on
-    weights placed as `generate` places them: what a step built on these kernels cannot beat."""
-    from dalle_mini_pt.huge_pages import move_to_huge_pages
-    from dalle_mini_pt.model import ImageTokenDecoder
-
-    with torch.device("meta"), default_dtype(DTYPES[dtype]):
-        decoder = ImageTokenDecoder(config)
-    decoder.to_empty(device="cpu")
-    with torch.no_grad():
-        for p in decoder.parameters():
-            p.uniform_(-0.02, 0.02)  # not the garbage of empty memory: denormals would slow float32 down
-    move_to_huge_pages(decoder)
-    rows = 2 * batch  # conditional and unconditional; the lm_head runs after their mix, on `batch`
-    linears = [m for layer in decoder.layers for m in (
-        layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
-        layer.cross_attn.q_proj, layer.cross_attn.out_proj, *(getattr(layer.ffn, n) for n in ("fc0", "fc1")
-                                                              if hasattr(layer.ffn, n)), layer.ffn.fc2)]
-    calls = [(m, torch.randn(rows, m.in_features, dtype=DTYPES[dtype])) for m in linears]
-    calls.append((decoder.lm_head, torch.randn(batch, config.d_model, dtype=DTYPES[dtype])))
-    with torch.inference_mode():
-        return _best_time(lambda: [m(x) for m, x in calls], 5)
-
-
-def add_floors(row: dict, floors: dict, config) -> None:
-    steps, dtype = row["steps"], row["dtype"]
-    row["matmuls_s"] = step_matmul_seconds(config, dtype, row["batch"]) * steps
-    row["bytes_per_step"] = decode_step_bytes(config, dtype)
-    row["flops"] = generation_flops(config, row["batch"], steps)
-    row["floor_bandwidth_s"] = row["bytes_per_step"] * steps / (floors["bandwidth_GBps"] * 1e9)
-    row["floor_compute_s"] = row["flops"] / (floors[f"gemm_{dtype}_GFLOPs"] * 1e9)
-    for impl in ("ours", "mindalle"):
-        if "seconds" in row.get(impl, {}):
-            row[f"{impl}_over_floor"] = row[impl]["seconds"] / max(row["floor_bandwidth_s"],
-                                                                    row["floor_compute_s"])
-            row[f"{impl}_over_matmuls"] = row[impl]["seconds"] / row["matmuls_s"]
-
 # ---------------------------------------------------------------- child-process workloads
 
 def _sampling_setup(spec: dict, dtype: torch.dtype):
-    """The row's model (seeded random weights, built in `dtype`), the prompt, and the unconditional prompt
-    as `generate` keywords."""
+    """The row's model (seeded random weights, built in `dtype` on the row's device), the prompt, and the
+    unconditional prompt as `generate` keywords."""
     from dalle_mini_pt.model import DalleBart
 
     torch.set_num_threads(spec["threads"])
+    device = spec.get("device", "cpu")
     config = generation_config(spec["size"], spec["steps"])
     torch.manual_seed(0)
-    with default_dtype(dtype):
+    with default_dtype(dtype), torch.device(device):
         model = DalleBart(config).eval()
-    ids, mask = padded(PROMPT, config.max_text_length)
-    uncond_ids, uncond_mask = padded(UNCOND, config.max_text_length)
+    ids, mask = padded(PROMPT, config.max_text_length, device)
+    uncond_ids, uncond_mask = padded(UNCOND, config.max_text_length, device)
     return model, ids, mask, dict(uncond_input_ids=uncond_ids, uncond_attention_mask=uncond_mask)
 
 
 def generation_worker(spec: dict) -> dict:
+    from dalle_mini_pt import cuda_graph
     from dalle_mini_pt.sampling import generate
 
     before_model = rss_mb("VmRSS")  # the imports' share of the peak
     model, ids, mask, common = _sampling_setup(spec, DTYPES[spec["dtype"]])
+    options = SAMPLING.replace(num_images=spec["batch"], step_mode=spec.get("step_mode", "auto"))
 
     def run():
-        return generate(model, ids, mask, SAMPLING, num_images=spec["batch"], **common)
+        return generate(model, ids, mask, options, **common)
 
-    for _ in range(spec["warmup"]):
-        run()
-    start = time.perf_counter()
-    codes = run()
-    seconds = time.perf_counter() - start
+    with Timed(spec.get("device", "cpu")) as warmup:  # graph modes capture (and compile) here
+        for _ in range(spec["warmup"]):
+            run()
+    before = dict(vars(cuda_graph.COUNTS))
+    with Timed(spec.get("device", "cpu")) as timed:
+        codes = run()
     assert codes.shape == (spec["batch"], spec["steps"])
-    return {"seconds": seconds, "peak_rss_mb": rss_mb(), "rss_before_model_mb": before_model,
-            "params": model.num_parameters()}
+    graph = {f"{k}_timed": v - before[k] for k, v in vars(cuda_graph.COUNTS).items()}
+    return {"seconds": timed.seconds, **timed.memory(), "rss_before_model_mb": before_model,
+            "warmup_seconds": warmup.seconds, "params": model.num_parameters(), **graph}
 
 
 def agreement_worker(spec: dict) -> dict:
@@ -232,8 +211,8 @@ def agreement_worker(spec: dict) -> dict:
     model.to(torch.bfloat16)
     free = generate(model, ids, mask, greedy, **common)[0]
     # infinite noise on fp32's code makes the sampler draw it, whatever the bf16 logits say
-    noise = torch.zeros(config.image_length, 1, config.image_rows)
-    noise[torch.arange(config.image_length), 0, reference] = float("inf")
+    noise = torch.zeros(config.image_length, 1, config.image_rows, device=ids.device)
+    noise[torch.arange(config.image_length, device=ids.device), 0, reference] = float("inf")
     _, logits = generate(model, ids, mask, greedy, noise=noise, return_logits=True, **common)
     forced = logits[0, :, :config.codebook_size].argmax(-1)
     differs = (free != reference).nonzero()
@@ -259,36 +238,55 @@ def _adafactor_conf():
     return OmegaConf.load(CONF / "optimizer" / "adafactor.yaml")
 
 
-def training_worker(spec: dict) -> dict:
-    """One optimizer step as Lightning takes it: the module's training_step, backward, the Hydra Adafactor."""
-    import warnings
-
+def _training_setup(spec: dict):
     from hydra.utils import instantiate
 
     from dalle_mini_pt.model import DalleBart
     from dalle_mini_pt.training.dallebart_module import DalleBartModule
 
-    warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached: logging is a no-op
-    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec.get("device", "cpu"))
     torch.manual_seed(0)
     config = model_config(**TRAIN_SIZES[spec["size"]])
-    module = DalleBartModule(DalleBart(config), optimizer=instantiate(_adafactor_conf()))
+    with device:
+        module = DalleBartModule(DalleBart(config), optimizer=instantiate(_adafactor_conf()),
+                                 compile=spec.get("mode") == "compiled")
+        ids = torch.randint(3, config.encoder_vocab_size, (spec["batch"], config.max_text_length))
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                 "labels": torch.randint(0, config.codebook_size, (spec["batch"], config.image_length))}
+    module.setup("fit")  # compiles the network in place when asked, as the Trainer would
+    return module, batch
+
+
+def training_worker(spec: dict) -> dict:
+    """One optimizer step as Lightning takes it: the module's training_step (under autocast for bf16-mixed,
+    as Lightning's precision plugin runs it), backward, the Hydra Adafactor."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached: logging is a no-op
+    torch.set_num_threads(spec["threads"])
+    device = spec.get("device", "cpu")
+    module, batch = _training_setup(spec)
     optimizer = module.configure_optimizers()
-    ids = torch.randint(3, config.encoder_vocab_size, (spec["batch"], config.max_text_length))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-             "labels": torch.randint(0, config.codebook_size, (spec["batch"], config.image_length))}
+    mixed = spec.get("precision", "32") == "bf16-mixed"
+    autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if mixed else contextlib.nullcontext
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        module.training_step(batch, 0).backward()
+        with autocast():
+            loss = module.training_step(batch, 0)
+        loss.backward()
         optimizer.step()
 
-    for _ in range(spec["warmup"]):
-        step()
-    start = time.perf_counter()
-    for _ in range(spec["steps"]):
-        step()
-    return {"seconds_per_step": (time.perf_counter() - start) / spec["steps"], "peak_rss_mb": rss_mb(),
+    with Timed(device) as warmup:
+        for _ in range(spec["warmup"]):
+            step()
+    with Timed(device) as timed:
+        for _ in range(spec["steps"]):
+            step()
+    with Timed(device) as update:  # the optimizer alone: HF Adafactor loops over parameters in Python
+        optimizer.step()
+    return {"seconds_per_step": timed.seconds / spec["steps"], **timed.memory(),
+            "optimizer_seconds": update.seconds, "warmup_seconds": warmup.seconds,
             "params": module.net.num_parameters(), "package_flops": module.flops_per_batch}
 
 
@@ -302,5 +300,6 @@ def reference_train_spec(config, spec: dict) -> dict:
     model = {k: getattr(config, k) for k in keys}
     model.update(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, gradient_checkpointing=False)
     return {**spec, "config": model, "lr": _adafactor_conf().lr, "codebook_size": config.codebook_size}
+
 
 WORKERS = {"generate": generation_worker, "agreement": agreement_worker, "train": training_worker}

@@ -89,6 +89,19 @@ class DecoderCache:
     key_positions: torch.Tensor  # (image_length,) arange, compared with the step index for the causal mask
 
 
+def _refill(cache: DecoderCache, shape: tuple, cross: list, cross_mask: torch.Tensor) -> None:
+    # copy_ broadcasts: a mismatch must fail here, not write a prompt into part of another's cache
+    new = [t for kv in cross for t in kv] + [cross_mask]
+    old = [t for kv in zip(cache.cross_k, cache.cross_v) for t in kv] + [cache.cross_mask]
+    if tuple(cache.self_k.shape) != shape or [t.shape for t in new] != [t.shape for t in old]:
+        raise ValueError("init_cache(out=...): the cache to refill has other shapes than this prompt batch")
+    for dst, src in zip(old, new):
+        dst.copy_(src)
+    # stale entries are masked out, but a masked inf/NaN (an overflowed run) would still poison softmax @ V
+    cache.self_k.zero_()
+    cache.self_v.zero_()
+
+
 class ImageTokenDecoder(nn.Module):
     """Causal decoder over image codes with cross-attention to the text, and the `lm_head`."""
 
@@ -112,13 +125,17 @@ class ImageTokenDecoder(nn.Module):
         return self.lm_head(self._final_norm(h))
 
     def init_cache(self, encoder_states: torch.Tensor, attention_mask: torch.Tensor,
-                   rows_per_state: int = 1) -> DecoderCache:
+                   rows_per_state: int = 1, out: Optional[DecoderCache] = None) -> DecoderCache:
         """A cache for `rows_per_state` rows per encoded prompt: row r attends to state
-        r // rows_per_state."""
+        r // rows_per_state. `out`, a cache of the same shapes, is refilled in place instead (a captured CUDA
+        graph reads the tensors it was captured with)."""
         cfg = self.config
         rows, heads = encoder_states.shape[0] * rows_per_state, cfg.decoder_attention_heads
         shape = (len(self.layers), rows, heads, cfg.image_length, cfg.d_model // heads)
         cross = [layer.cross_attn.project_kv(encoder_states) for layer in self.layers]
+        if out is not None:
+            _refill(out, shape, cross, _padding_mask(attention_mask))
+            return out
         return DecoderCache(
             self_k=encoder_states.new_zeros(shape),
             self_v=encoder_states.new_zeros(shape),
