@@ -110,3 +110,23 @@ def test_a_stage_fingerprint_follows_its_experiment_file():
 
     steps = OmegaConf.load(ROOT / "conf" / "experiment" / "shapes_vqgan.yaml").trainer.max_steps
     assert f"max_steps: {steps}" in train_spec(["+experiment=shapes_vqgan"])["config"]
+
+
+def test_no_held_out_pair_reaches_dallebart_or_clip_with_its_caption(smoke_run):
+    """The split's rule, on what the stages actually trained on: the encoded shards' captions and the CLIP
+    stage's training captions; and on the two-object and partial-caption options at scale."""
+    import pyarrow.parquet as pq
+    from conftest import compose_train
+    from hydra.utils import instantiate
+
+    from dalle_mini_pt.shapes.scenes import HELD_OUT, make_split, named_pairs
+
+    out, _ = smoke_run
+    captions = [c for f in (out / "data" / "encoded" / "train").glob("*.parquet")
+                for c in pq.read_table(f, columns=["caption"]).column(0).to_pylist()]
+    clip_data = instantiate(compose_train(["+experiment=shapes_clip", "data.n_train=512"]).data)
+    clip_data.setup("fit")
+    captions += clip_data.train_set.captions
+    captions += make_split("train", 4000, pairs=0.5, drop_attribute=0.3, seed=1)[0]
+    assert len(captions) > 4500 and any(" and " in c for c in captions)
+    assert not [c for c in captions if named_pairs(c) & set(HELD_OUT)]

@@ -89,12 +89,14 @@ def make_data(stage: Stage, cfg: DictConfig, vqgan_dir: Path) -> None:
     from ..data.tiny_dataset import train_tokenizer
     from .scenes import make_split, write_folder
 
+    scenes = OmegaConf.to_container(cfg.scenes)  # two-object scenes, captions with an attribute unsaid
     for split, folder, n in (("train", "train", cfg.n_train), ("validation", "val", cfg.n_val)):
-        write_folder(stage.dir / "images" / folder, split, n, seed=cfg.seed)
+        options = scenes if split == "train" else {}  # validation measures the one-object scenes asked for
+        write_folder(stage.dir / "images" / folder, split, n, seed=cfg.seed, **options)
         _python("-m", "dalle_mini_pt.data.encode", f"input.path={stage.dir / 'images' / folder}",
                 f"output_dir={stage.dir / 'encoded' / folder}", f"vqgan_weights={vqgan_dir}",
                 f"hydra.run.dir={stage.dir / 'encode_logs' / folder}", *cfg.stages.encode)
-    captions, _ = make_split("train", cfg.n_train, seed=cfg.seed)
+    captions, _ = make_split("train", cfg.n_train, seed=cfg.seed, **scenes)
     train_tokenizer(captions, cfg.tokenizer_vocab_size).save_pretrained(stage.dir / "tokenizer")
 
 
@@ -102,6 +104,7 @@ def run_pipeline(cfg: DictConfig) -> list[Stage]:
     out = Path(cfg.out_dir).resolve()
     vqgan = Stage(out, "vqgan", train_spec(cfg.stages.vqgan))
     data = Stage(out, "data", {"n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed,
+                               "scenes": OmegaConf.to_container(cfg.scenes),
                                "vocab": cfg.tokenizer_vocab_size, "encode": list(cfg.stages.encode)},
                  (vqgan,))
     dallebart = Stage(out, "dallebart", train_spec(cfg.stages.dallebart), (data,))
