@@ -50,3 +50,34 @@ def test_folder_export_feeds_the_encoder_tool(tmp_path):
     write_folder(tmp_path / "scenes", "heldout", 6, seed=1)
     source = FolderSource(tmp_path / "scenes")
     assert len(source) == 6
+
+
+def test_two_object_scenes_and_unsaid_attributes():
+    from dalle_mini_pt.shapes.scenes import COLOURS, SHAPES, named_pairs
+
+    captions, images = make_split("train", 40, pairs=1.0, seed=2)
+    assert all(len(named_pairs(c)) in (1, 2) and " and " in c for c in captions)
+    # two objects in two quadrants: the non-white pixels reach at least two quadrants of every image
+    for image in images:
+        ink = (np.asarray(image) < 250).any(-1)
+        assert sum(q.any() for q in (ink[:32, :32], ink[:32, 32:], ink[32:, :32], ink[32:, 32:])) >= 2
+    captions, _ = make_split("train", 40, drop_attribute=1.0, seed=2)
+    for c in captions:
+        words = c.replace(",", "").split()
+        assert len([w for w in (*COLOURS, *SHAPES) if w in words]) == 1, c  # colour or shape, not both
+    with pytest.raises(ValueError, match="shares"):
+        make_split("train", 4, pairs=1.5)
+
+
+def test_only_the_vqgan_may_see_held_out_scenes():
+    from dalle_mini_pt.shapes.images import ShapeImagesDataModule
+    from dalle_mini_pt.shapes.scenes import named_pairs
+
+    def pairs_in(split):
+        data = ShapeImagesDataModule(n_train=256, n_val=8, train_split=split)
+        data.setup("fit")
+        return set().union(*map(named_pairs, data.train_set.captions))
+
+    assert not pairs_in("train") & set(HELD_OUT) and set(HELD_OUT) <= pairs_in("all")
+    with pytest.raises(ValueError, match="train_split='heldout'"):
+        ShapeImagesDataModule(train_split="heldout")

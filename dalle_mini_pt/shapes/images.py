@@ -34,19 +34,25 @@ def collate(items: list[dict]) -> dict:
 
 
 class ShapeImagesDataModule(pl.LightningDataModule):
+    """`train_split="all"` trains on scenes of every pair, held-out ones included: only for the VQGAN,
+    which never reads a caption (as the real VQGAN learnt ImageNet apart from the text pairs)."""
+
     def __init__(self, n_train: int = 4000, n_val: int = 256, resolution: int = RESOLUTION, seed: int = 0,
-                 batch_size: int = 32, num_workers: int = 0):
+                 batch_size: int = 32, num_workers: int = 0, train_split: str = "train"):
         super().__init__()
         if min(n_train, n_val, batch_size) < 1:
             raise ValueError("data.n_train, data.n_val and data.batch_size must be >= 1")
+        if train_split not in ("train", "all"):
+            raise ValueError(f"data.train_split={train_split!r}: use train (seen pairs) or all (every pair)")
         self.n_train, self.n_val, self.resolution, self.seed = n_train, n_val, resolution, seed
+        self.train_split = train_split
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_set: Optional[ShapeImages] = None
         self.val_set: Optional[ShapeImages] = None
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is None:
-            self.train_set = ShapeImages("train", self.n_train, self.resolution, self.seed)
+            self.train_set = ShapeImages(self.train_split, self.n_train, self.resolution, self.seed)
             self.val_set = ShapeImages("validation", self.n_val, self.resolution, self.seed + 1)
 
     def _loader(self, dataset: ShapeImages, train: bool) -> DataLoader:
