@@ -120,7 +120,7 @@ def render(scene: Scene, resolution: int, rng: random.Random,
     second object, else onto white). Offsets are multiples of `GRID`, so every code of the VQGAN sees one of
     a fixed set of shape pieces: without the snap a code could hold any sub-pixel phase of an edge, which the
     CPU-sized models could not fit in the time budget."""
-    image = image or Image.new("RGB", (resolution, resolution), "white")
+    image = Image.new("RGB", (resolution, resolution), "white") if image is None else image
     half, side = resolution / 2, SIZES[scene.size] * resolution
     grid = GRID * resolution / RESOLUTION
     steps = int(max(0.0, half - side - 2) // grid)
