@@ -60,7 +60,7 @@ from bench_workloads import (
     train_flops,
 )
 
-from dalle_mini_pt.sampling import STEP_MODES
+from dalle_mini_pt.generation_config import STEP_MODES
 
 SECTIONS = ("generate", "mindalle", "agreement", "floors", "train", "train-jax")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dalle_mini_pt.sampling import GenerationConfig
+from dalle_mini_pt.generation_config import GenerationConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"

@@ -41,7 +41,7 @@ def tiny_pipeline(directory: Path) -> Path:
 
     from dalle_mini_pt import DalleBart, DalleBartConfig
     from dalle_mini_pt.data.tiny_dataset import train_tokenizer
-    from dalle_mini_pt.sampling import GenerationConfig
+    from dalle_mini_pt.generation_config import GenerationConfig
     from dalle_mini_pt.tokenizer import TextTokenizer
 
     torch.manual_seed(0)

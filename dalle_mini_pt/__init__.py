@@ -10,7 +10,7 @@ from .torchvision_fix import patch_torchvision
 
 patch_torchvision()  # before anything imports transformers, Lightning or open_clip
 
-_SOURCES = {"DalleBartConfig": "config", "DalleBart": "model", "GenerationConfig": "sampling",
+_SOURCES = {"DalleBartConfig": "config", "DalleBart": "model", "GenerationConfig": "generation_config",
             "generate": "sampling", "generate_stream": "sampling", "load_tokenizer": "tokenizer",
             "TextTokenizer": "tokenizer", "VQGAN": "vqgan", "ClipScorer": "clip_scorer",
             "DalleMiniPipeline": "pipeline"}

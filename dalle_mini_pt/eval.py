@@ -32,8 +32,6 @@ def evaluate(cfg: DictConfig) -> dict:
     check_compatible(datamodule, model)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
-        if not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
         check_architecture(read_checkpoint(Path(ckpt_path)), Path(ckpt_path), model)
     trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path or None)

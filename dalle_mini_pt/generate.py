@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .generation_config import GenerationConfig, add_arguments, from_arguments
 from .pipeline import DEFAULT_GENERATION, DalleMiniPipeline, PromptImages
 from .png_metadata import save_png
-from .sampling import GenerationConfig, add_arguments, from_arguments
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,4 @@
-"""`GenerationConfig`: every sampling option, validated in one place, and its command-line flags.
-
-`dalle_mini_pt.sampling` (the loop that takes it) re-exports these names, where they lived first.
-"""
+"""`GenerationConfig`: every sampling option, validated in one place, and its command-line flags."""
 
 from __future__ import annotations
 

@@ -237,6 +237,14 @@ class DalleBart(HubMixin, nn.Module):
 TRAINING_SETTINGS = ("dropout", "attention_dropout", "activation_dropout", "gradient_checkpointing")
 
 
+def architecture_differences(ours: dict, theirs: dict, ignore: tuple = ()) -> dict:
+    """{key: (ours, theirs)} for each field `ours` sets that `theirs` gives another value, leaving out the
+    training settings, the initialisation scale and `ignore`."""
+    skip = (*TRAINING_SETTINGS, "init_std", *ignore)
+    return {k: (v, theirs.get(k, v)) for k, v in ours.items()
+            if k not in skip and v is not None and theirs.get(k, v) != v}
+
+
 def build_dallebart(config: DalleBartConfig, pretrained_bart: Optional[str] = None,
                     init_from: Optional[str] = None, **hub_kwargs) -> DalleBart:
     """A DalleBart with random weights; with `init_from` (any directory, repo or `.ckpt` `from_pretrained`
@@ -262,9 +270,8 @@ def from_checkpoint_like(config: DalleBartConfig, init_from: str, **hub_kwargs) 
     (fields the group leaves unset, and the training settings, which the group gives, are not compared)."""
     model = DalleBart.from_pretrained(init_from, **hub_kwargs,
                                       **{k: getattr(config, k) for k in TRAINING_SETTINGS})
-    ours, theirs = config.to_dict(), model.config.to_dict()
-    differ = {k: (v, theirs[k]) for k, v in ours.items()
-              if k not in (*TRAINING_SETTINGS, "use_scan", "init_std") and v is not None and theirs[k] != v}
+    theirs = model.config.to_dict()
+    differ = architecture_differences(config.to_dict(), theirs, ignore=("use_scan",))
     if differ:
         fixes = " ".join(f"model.net.config.{k}={theirs[k]}" for k in differ)
         listed = ", ".join(f"{k}: {mine!r} in the model group, {then!r} in {init_from}"

@@ -22,10 +22,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from .clip_scorer import ClipScorer
+from .generation_config import GenerationConfig
 from .hub.files import TOKENIZER_FILES, Source, load_config_json, open_source, write_json
 from .image_grid import caption_grid, to_pil
 from .model import DalleBart
-from .sampling import GenerationConfig, generate_stream
+from .sampling import generate_stream
 from .text_normalizer import TextNormalizer
 from .tokenizer import TextTokenizer, load_tokenizer
 from .vqgan import VQGAN, VQGANConfig

@@ -32,15 +32,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import cuda_graph
-from .generation_config import (  # noqa: F401  (re-exported: they lived here first)
-    STEP_MODES,
-    GenerationConfig,
-    _whole,
-    add_arguments,
-    from_arguments,
-)
+from .generation_config import GenerationConfig, _whole
 from .huge_pages import move_to_huge_pages
-from .warpers import GumbelDraws, apply_warpers, generator_blocks, gumbel_noise, seeded_generator  # noqa: F401
+from .warpers import GumbelDraws, apply_warpers, generator_blocks, seeded_generator
 
 if TYPE_CHECKING:
     from .model import DalleBart, DecoderCache

@@ -77,8 +77,6 @@ def resume_path(cfg: DictConfig, trainer, model):
             print("ckpt_path=last: no checkpoint in this run directory yet, so training starts afresh")
     if ckpt_path is None:
         return None
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     check_resume(Path(ckpt_path), trainer, model)
     return str(ckpt_path)
 

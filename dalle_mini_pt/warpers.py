@@ -1,6 +1,5 @@
 """The sampler's draws: the logits warpers (temperature, top-k, top-p, min-p) and the Gumbel noise, from one
-generator or one per block of rows. `dalle_mini_pt.sampling` re-exports these names, where they lived
-first.
+generator or one per block of rows.
 """
 
 from __future__ import annotations

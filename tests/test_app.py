@@ -26,10 +26,10 @@ pytest.importorskip("gradio", reason="the demo needs the [demo] extra: pip insta
 httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.slow  # a real server in a subprocess; tests/test_jobs.py checks the batcher fast
 
+from dalle_mini_pt.generation_config import GenerationConfig  # noqa: E402
 from dalle_mini_pt.model import DalleBart  # noqa: E402
 from dalle_mini_pt.pipeline import DalleMiniPipeline  # noqa: E402
 from dalle_mini_pt.png_metadata import read_png_text  # noqa: E402
-from dalle_mini_pt.sampling import GenerationConfig  # noqa: E402
 from dalle_mini_pt.tokenizer import TextTokenizer  # noqa: E402
 from dalle_mini_pt.train import CONFIG_DIR  # noqa: E402
 

@@ -13,10 +13,10 @@ from omegaconf import OmegaConf
 
 from dalle_mini_pt.clip_scorer import ClipScorer
 from dalle_mini_pt.config_dir import CONFIG_DIR
+from dalle_mini_pt.generation_config import GenerationConfig
 from dalle_mini_pt.hub.mixin import HubMixin
 from dalle_mini_pt.model import DalleBart
 from dalle_mini_pt.pipeline import DalleMiniPipeline
-from dalle_mini_pt.sampling import GenerationConfig
 from dalle_mini_pt.text_normalizer import TextNormalizer
 from dalle_mini_pt.tokenizer import TextTokenizer
 

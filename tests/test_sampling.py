@@ -3,7 +3,7 @@ import torch
 from conftest import VARIANTS, tiny_config
 
 from dalle_mini_pt.model import DalleBart
-from dalle_mini_pt.sampling import apply_warpers, gumbel_noise
+from dalle_mini_pt.warpers import apply_warpers, gumbel_noise
 
 
 def tiny_model(variant="normformer", seed=0, sharpen=True):

@@ -26,8 +26,9 @@ import numpy as np
 from PIL import Image
 
 from ..data.image_sources import load_image
+from ..generation_config import GenerationConfig
 from ..pipeline import DalleMiniPipeline, PromptImages
-from ..sampling import GenerationConfig, seeded_generator
+from ..warpers import seeded_generator
 
 MAX_PROMPT_CHARS = 1000
 

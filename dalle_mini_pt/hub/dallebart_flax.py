@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from .files import CONFIG_NAME, FLAX_WEIGHTS_NAME, load_config_json
-
-FLAX_WEIGHTS_INDEX_NAME = FLAX_WEIGHTS_NAME + ".index.json"
 from .flax_msgpack import PARAM, read_flax_msgpack
 from .mixin import Layout
+
+FLAX_WEIGHTS_INDEX_NAME = FLAX_WEIGHTS_NAME + ".index.json"
 
 # the 2021 model was trained on prompts padded to 128 tokens (its config.json does not record it)
 TEXT_LENGTH_2021 = 128

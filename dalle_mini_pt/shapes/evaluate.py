@@ -21,9 +21,9 @@ import torch
 
 from ..clip_scorer import ClipScorer
 from ..generate import add_pipeline_arguments, check_pipeline_arguments, load
+from ..generation_config import GenerationConfig, add_arguments, from_arguments
 from ..image_grid import caption_grid
 from ..pipeline import DalleMiniPipeline
-from ..sampling import GenerationConfig, add_arguments, from_arguments
 from ..vqgan import VQGAN
 from .judge import judge as judge_image
 from .scenes import make_split

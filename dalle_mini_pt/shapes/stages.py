@@ -87,7 +87,7 @@ def _train(stage: Stage, overrides: list[str]) -> None:
 
 def make_data(stage: Stage, cfg: DictConfig, vqgan_dir: Path) -> None:
     from ..data.tiny_dataset import train_tokenizer
-    from .scenes import make_split, write_folder
+    from .scenes import write_folder
 
     scenes = OmegaConf.to_container(cfg.scenes)  # two-object scenes, captions with an attribute unsaid
     for split, folder, n in (("train", "train", cfg.n_train), ("validation", "val", cfg.n_val)):
@@ -96,7 +96,8 @@ def make_data(stage: Stage, cfg: DictConfig, vqgan_dir: Path) -> None:
         _python("-m", "dalle_mini_pt.data.encode", f"input.path={stage.dir / 'images' / folder}",
                 f"output_dir={stage.dir / 'encoded' / folder}", f"vqgan_weights={vqgan_dir}",
                 f"hydra.run.dir={stage.dir / 'encode_logs' / folder}", *cfg.stages.encode)
-    captions, _ = make_split("train", cfg.n_train, seed=cfg.seed, **scenes)
+    # the captions just written, not a second render of every scene
+    captions = [p.read_text().strip() for p in sorted((stage.dir / "images" / "train").glob("*.txt"))]
     train_tokenizer(captions, cfg.tokenizer_vocab_size).save_pretrained(stage.dir / "tokenizer")
 
 
@@ -136,8 +137,8 @@ def run_pipeline(cfg: DictConfig) -> list[Stage]:
 def assemble(out: Path, vqgan: Path, dallebart: Path, clip: Path, sampling: dict) -> None:
     """The trained components as one pipeline directory, sampling as the evaluation does: what the web app
     and `generate --pipeline` serve."""
+    from ..generation_config import GenerationConfig
     from ..pipeline import DalleMiniPipeline
-    from ..sampling import GenerationConfig
 
     pipe = DalleMiniPipeline.from_pretrained(dallebart, vqgan=vqgan, clip=clip)
     pipe.generation_config = GenerationConfig.from_dict({k: v for k, v in sampling.items() if v is not None})

@@ -15,10 +15,6 @@ from .lora import LoraSettings, add_adapters
 from .optimization import lightning_optimizers, param_groups
 
 
-def _as_list(modules):
-    return modules if isinstance(modules, list) else [modules]
-
-
 def batch_size(batch: dict) -> int:
     return batch["labels"].shape[0]
 
@@ -29,7 +25,7 @@ def batch_image_tokens(batch: dict) -> int:
 
 
 # what `model.freeze` may name
-FREEZABLE = {"text_encoder": lambda net: net.encoder,
+FREEZABLE = {"text_encoder": lambda net: [net.encoder],
              "embeddings": lambda net: [net.encoder.embed, net.decoder.embed]}
 
 
@@ -62,7 +58,7 @@ class DalleBartModule(pl.LightningModule):
         for part in freeze:
             if part not in FREEZABLE:
                 raise ValueError(f"model.freeze names {part!r}; it takes {sorted(FREEZABLE)}")
-            for module in _as_list(FREEZABLE[part](net)):
+            for module in FREEZABLE[part](net):
                 module.requires_grad_(False)
         self._test_sums = torch.zeros(2, dtype=torch.float64)  # summed loss × tokens, tokens
 

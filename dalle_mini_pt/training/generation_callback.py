@@ -17,9 +17,9 @@ import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from ..generation_config import GenerationConfig
 from ..image_grid import caption_grid
 from ..pipeline import DalleMiniPipeline
-from ..sampling import GenerationConfig
 from ..tokenizer import TextTokenizer
 
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 
 from ..hub.lightning import CONFIG_KEY, LORA_KEY
-from ..model import TRAINING_SETTINGS
+from ..model import architecture_differences
 
 
 def _types(annotation) -> set:
@@ -79,12 +79,15 @@ def _read(path: Path) -> Optional[dict]:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """The checkpoint's contents; an unreadable one is named, with the newest intact one beside it."""
+    """The checkpoint's contents; a missing or unreadable one is named (an unreadable one with the newest
+    intact one beside it)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
     ckpt = _read(path)
     if ckpt is None:
-        intact = [p for p in sorted(path.parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
-                  if p != path and _read(p) is not None]
-        hint = (f"the newest intact checkpoint there is {intact[0]}: resume with ckpt_path={intact[0]}"
+        newest_first = sorted(path.parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        intact = next((p for p in newest_first if p != path and _read(p) is not None), None)
+        hint = (f"the newest intact checkpoint there is {intact}: resume with ckpt_path={intact}"
                 if intact else "there is no intact checkpoint beside it: start a new run")
         raise ValueError(f"ckpt_path={path}: cannot be read as a checkpoint ({path.stat().st_size} bytes: "
                          f"empty or cut off, as a kill while saving leaves it); {hint}")
@@ -95,8 +98,7 @@ def check_architecture(ckpt: dict, path: Path, model) -> None:
     """The checkpoint's network and adapters are the model group's (Lightning would list raw size errors)."""
     saved, ours = ckpt.get(CONFIG_KEY), getattr(getattr(model, "config", None), "to_dict", None)
     if saved is not None and ours is not None:
-        differ = {k: (v, saved.get(k)) for k, v in ours().items()
-                  if k not in (*TRAINING_SETTINGS, "init_std") and v is not None and saved.get(k, v) != v}
+        differ = architecture_differences(ours(), saved)
         if differ:
             listed = ", ".join(f"{k}: {then!r} in the checkpoint, {now!r} in the config"
                                for k, (now, then) in differ.items())
