@@ -27,6 +27,9 @@ def test_evaluate_writes_the_report_and_grids(tmp_path):
                    "--num-images", "2", "--top-k", "8"])
     assert report == json.loads((tmp_path / "eval" / "report.json").read_text())
     assert 0 < report["vqgan_psnr_db"] < 60
+    recon = report["vqgan_reconstruction"]
+    assert recon["validation"]["psnr_db"] == report["vqgan_psnr_db"] and 0 < recon["heldout"]["psnr_db"] < 60
+    assert all(0.0 <= recon[s]["colour_and_shape"] <= 1.0 for s in recon)
     for split in ("validation", "heldout"):
         for selection in ("first_sample", "clip_best_of_n"):
             rates = report["splits"][split][selection]

@@ -5,9 +5,9 @@
 
 For validation prompts (seen attribute combinations) and held-out prompts (combinations never trained on),
 it generates N images per prompt, judges the first sample and the CLIP-reranked best of N with the pixel
-judge (`judge.py`; per attribute and all-correct), measures the VQGAN's reconstruction PSNR on validation
-scenes, and writes `report.json`, `report.md` and one grid per split. Sampling starts from the pipeline's
-saved settings; each option has a flag.
+judge (`judge.py`; per attribute and all-correct), measures the VQGAN's reconstructions of validation and
+held-out scenes (PSNR, and what the judge reads in them), and writes `report.json`, `report.md` and one
+grid per split. Sampling starts from the pipeline's saved settings; each option has a flag.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from ..clip_scorer import ClipScorer
 from ..generate import add_pipeline_arguments, check_pipeline_arguments, load
 from ..generation_config import GenerationConfig, add_arguments, from_arguments
-from ..image_grid import caption_grid
+from ..image_grid import caption_grid, to_pil
 from ..pipeline import DalleMiniPipeline
 from ..vqgan import VQGAN
 from .judge import judge as judge_image
@@ -40,12 +40,14 @@ def _verdict(image, caption: str) -> dict[str, bool]:
     return {**verdict, "colour_and_shape": verdict["colour"] and verdict["shape"]}
 
 
-def reconstruction_psnr(vqgan: VQGAN, n: int = 64, seed: int = 123) -> float:
-    """Mean reconstruction PSNR (dB) of encode → decode on validation scenes."""
-    _, images = make_split("validation", n, vqgan.config.resolution, seed)
+def reconstruction(vqgan: VQGAN, split: str, n: int = 64, seed: int = 123) -> dict[str, float]:
+    """encode → decode of the split's scenes: the mean PSNR (dB), and how often the judge still reads the
+    caption's colour and shape in the reconstruction (is the image tokenizer the limit on that split?)."""
+    captions, images = make_split(split, n, vqgan.config.resolution, seed)
     x = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).float() / 255
     y = torch.cat([vqgan.decode(vqgan.encode(chunk)).cpu() for chunk in x.split(16)])
-    return float(psnr(x, y).mean())
+    judged = [_verdict(im, c)["colour_and_shape"] for im, c in zip(to_pil(y), captions)]
+    return {"psnr_db": float(psnr(x, y).mean()), "colour_and_shape": float(np.mean(judged))}
 
 
 def _rates(verdicts: list[dict]) -> dict[str, float]:
@@ -68,7 +70,10 @@ def evaluate_split(pipe: DalleMiniPipeline, clip: ClipScorer, split: str, n_prom
 
 
 def markdown(report: dict) -> str:
-    lines = [f"VQGAN reconstruction PSNR on validation scenes: **{report['vqgan_psnr_db']:.2f} dB**", "",
+    held = report["vqgan_reconstruction"]["heldout"]
+    lines = [f"VQGAN reconstruction PSNR on validation scenes: **{report['vqgan_psnr_db']:.2f} dB**; on "
+             f"held-out scenes {held['psnr_db']:.2f} dB, where the judge reads colour and shape right in "
+             f"{100 * held['colour_and_shape']:.1f}% of the reconstructions", "",
              "| split | selection | " + " | ".join(ATTRIBUTES) + " |", "|---|---|" + "---|" * len(ATTRIBUTES)]
     for split, sel in report["splits"].items():
         for name, rates in sel.items():
@@ -85,8 +90,10 @@ def evaluate(pipe: DalleMiniPipeline, out: Path, n_prompts: int = 32,
         raise ValueError("the evaluation ranks with the pipeline's CLIP, and this pipeline has none")
     out.mkdir(parents=True, exist_ok=True)
     unranked = DalleMiniPipeline(pipe.model, pipe.tokenizer, pipe.vqgan, normalizer=pipe.normalizer)
-    report = {"vqgan_psnr_db": reconstruction_psnr(pipe.vqgan), "num_images": sampling.num_images,
-              "prompts_per_split": n_prompts, "sampling": sampling.to_dict(), "splits": {}}
+    recon = {split: reconstruction(pipe.vqgan, split) for split in ("validation", "heldout")}
+    report = {"vqgan_psnr_db": recon["validation"]["psnr_db"], "vqgan_reconstruction": recon,
+              "num_images": sampling.num_images, "prompts_per_split": n_prompts,
+              "sampling": sampling.to_dict(), "splits": {}}
     for split in ("validation", "heldout"):
         report["splits"][split], grid = evaluate_split(unranked, pipe.clip, split, n_prompts, sampling)
         grid.save(out / f"{split}_grid.png")
