@@ -4,6 +4,8 @@ sampling."""
 
 from __future__ import annotations
 
+from .generation_config import GenerationConfig
+
 # key -> (what it must be, the test); the other keys are optional or checked where they are used
 _REQUIRED = {
     "model": ("a sub-folder name", lambda v: isinstance(v, str) and v != ""),
@@ -36,4 +38,8 @@ def check_index(index, name: str) -> dict:
     for key, (want, ok) in _OPTIONAL.items():
         if key in index and not ok(index[key]):
             raise ValueError(f"{name}: {key}={index[key]!r} must be {want}")
+    try:
+        GenerationConfig.from_dict(index["generation_config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: generation_config: {e}") from None
     return index

@@ -79,7 +79,12 @@ def add_api(app: FastAPI, batcher: Batcher, draining: Draining, fields: dict[str
         image = None
         if body.init_image is not None:
             data = image_bytes(body.init_image, settings.image)
-            image = await run_in_threadpool(read_init_image, data, resolution, settings.image)
+            try:
+                image = await run_in_threadpool(read_init_image, data, resolution, settings.image)
+            except RequestTooLarge:
+                raise
+            except ValueError as e:
+                raise RequestError(str(e), param="init_image") from None
         job = batcher.submit(prompts, body.options, init_image=image, keep_rows=body.keep_rows)
         results = await batcher.outcome(job)
         return await run_in_threadpool(lambda: {"results": [result_json(r) for r in results]})

@@ -162,6 +162,10 @@ class Batcher:
             raise TooLarge(str(e)) from None
         except (TypeError, ValueError) as e:
             raise BadRequest(str(e)) from None
+        resolution = self.pipe.vqgan.config.resolution
+        if keep_rows and (init_image.shape != (resolution, resolution, 3) or init_image.dtype != np.uint8):
+            raise BadRequest(f"init_image must be fitted first ({resolution}x{resolution}x3 uint8: "
+                             f"request_checks.read_init_image); got {init_image.shape} {init_image.dtype}")
         job = Job(prompts, config, keep_rows, init_image if keep_rows else None, stream)
         if job.images > self.batch_images:
             raise TooLarge(f"{len(job.prompts)} prompt(s) x num_images={job.config.num_images} is "
