@@ -160,3 +160,17 @@ def test_clients_that_send_again_when_answered_merge_into_full_batches(pipe):  #
         assert b.jobs_done == 16 and b.sampler_calls <= 5, b.sampler_calls
     finally:
         b.close()
+
+
+def test_the_batch_window_opens_when_the_device_frees_and_closes_at_the_demand_it_saw():
+    from dalle_mini_pt.app.batch_window import BatchWindow
+
+    window = BatchWindow(wait=0.5, batch_images=16)
+    assert window.left(first_arrived=10.0, images=4, now=10.1) == pytest.approx(0.4)  # no batch yet
+    assert window.left(first_arrived=10.0, images=16, now=10.1) == 0  # a full batch starts at once
+    window.batch_ended(jobs=4, images=8, now=20.0)  # 2 ran, 2 waited through it: 4 clients
+    # a request that waited through the batch still waits, from the batch's end, for the 4 clients' 8
+    assert window.left(first_arrived=19.0, images=4, now=20.1) == pytest.approx(0.4)
+    assert window.left(first_arrived=19.0, images=8, now=20.1) == 0
+    window.batch_ended(jobs=1, images=2, now=30.0)  # a lone client: the whole window, others may come
+    assert window.left(first_arrived=30.2, images=2, now=30.2) == pytest.approx(0.5)

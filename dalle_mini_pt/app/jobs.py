@@ -250,8 +250,8 @@ class Batcher:
             finally:
                 with self._cond:
                     self.running = 0
-                    self._window.batch_ended(sum(j.images for j in batch),
-                                             sum(j.images for j in self._waiting), time.monotonic())
+                    demand = batch + self._waiting
+                    self._window.batch_ended(len(demand), sum(j.images for j in demand), time.monotonic())
 
     def _isolate(self, batch: list[Job], error: Exception) -> None:
         """Run each member of a failed batch alone, so that only the faulty one fails."""
