@@ -57,6 +57,7 @@ def _free() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes; the in-process checks above run in the fast tier
 def test_a_failed_start_says_why_and_leaves_no_files(tmp_path):
     """Issue case 7: `--port 99999` was a traceback after the model loaded, and left the app's folder."""
     with socket.socket() as taken:

@@ -95,6 +95,7 @@ def test_impossible_values_exit_2_before_any_model_loads(flags, message, capsys)
     assert exit.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two processes
 def test_a_prompt_that_is_not_text_exits_2_and_a_failed_load_exits_1(tmp_path):
     """Bytes that are not UTF-8 on the command line arrive as lone surrogates: refused before the load;
     what fails after the command line is accepted is one line and status 1, not a traceback."""

@@ -200,8 +200,8 @@ class Batcher:
 
     def position(self, job: Job) -> int:
         """0 while the job runs (or is done), else how many jobs wait before it, plus one."""
-        waiting = self._waiting  # a list the worker replaces, never edits in place while others read
-        return waiting.index(job) + 1 if job in waiting else 0
+        with self._cond:  # held only while a batch is formed, never while one runs
+            return self._waiting.index(job) + 1 if job in self._waiting else 0
 
     @property
     def waiting(self) -> int:
