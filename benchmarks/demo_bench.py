@@ -57,7 +57,8 @@ def tiny_pipeline(directory: Path) -> Path:
 
 
 class Server:
-    def __init__(self, pipeline: Path, batch_images: int, wait: float, threads: int):
+    def __init__(self, pipeline: Path, batch_images: int, wait: float, threads: int, *extra: str,
+                 device: str = "cpu"):
         import socket
 
         import httpx
@@ -68,10 +69,11 @@ class Server:
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "dalle_mini_pt.app", "--pipeline", str(pipeline),
-                                      "--port", str(self.port), "--batch-images", str(batch_images),
-                                      "--batch-wait", str(wait), "--device", "cpu"], env=env, cwd=ROOT,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = [sys.executable, "-m", "dalle_mini_pt.app", "--pipeline", str(pipeline), "--port",
+                   str(self.port), "--batch-images", str(batch_images), "--batch-wait", str(wait), "--device",
+                   device, *extra]
+        self.proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         for _ in range(600):
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
@@ -80,6 +82,11 @@ class Server:
                 time.sleep(0.25)
         self.stop()
         raise RuntimeError("the demo server did not start")
+
+    def rss_mb(self) -> float:
+        """The server process's resident memory now (Linux: /proc)."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
     def calls(self) -> int:
         return self.httpx.get(self.url + "/health", timeout=10).json()["sampler_calls"]

@@ -9,12 +9,18 @@ defaults apply). Or components: `--model` is a hub name or directory (ours or th
 Lightning `.ckpt` (then `--tokenizer` says where its tokenizer is); `--vqgan` a hub name or directory, a
 `.safetensors` file, or a taming `.ckpt`; `--clip` `NAME:TAG` (open_clip), a saved scorer, a Hydra yaml
 such as `conf/clip/tiny.yaml`, or `none`. Each sampling option has a flag (`--top-k`, …).
+
+Exit status: 0 when every grid is written; 2 for a bad command line, before any model loads (an option out
+of range, a prompt that is not valid text, an output that cannot be written); 1 when loading or sampling
+fails, with the reason on one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,6 +29,7 @@ from PIL import Image
 from .generation_config import GenerationConfig, add_arguments, from_arguments
 from .pipeline import DEFAULT_GENERATION, DalleMiniPipeline, PromptImages
 from .png_metadata import save_png
+from .request_checks import check_prompts
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,7 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_pipeline_arguments(p, args)
     check_outputs(p, args)
     try:  # the flags alone, before any model is loaded; a saved pipeline's defaults are merged in later
-        from_arguments(args, GenerationConfig())
+        from_arguments(args, GenerationConfig()).check_device(args.device)
+        with warnings.catch_warnings():  # an empty prompt's warning comes once, from the pipeline
+            warnings.simplefilter("ignore")
+            check_prompts(args.prompts)
     except (TypeError, ValueError) as err:
         p.error(str(err))
     return args
@@ -136,5 +146,15 @@ def main(argv=None) -> list[Path]:
     return paths
 
 
+def cli(argv=None) -> int:
+    """`main` as a process: what failed after the command line was accepted is one line and status 1."""
+    try:
+        main(argv)
+    except (OSError, RuntimeError, TypeError, ValueError) as err:
+        print(f"generate: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

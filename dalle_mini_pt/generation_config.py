@@ -5,12 +5,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import random
 from dataclasses import dataclass, field
 from typing import Optional
+
+import torch
 
 from . import cuda_graph
 
 STEP_MODES = ("auto", "dynamic", "static", *cuda_graph.MODES)
+# what torch.Generator.manual_seed takes without remapping (it folds negative seeds onto positive ones)
+SEED_RANGE = (0, 2**64 - 1)
+# The sampler divides and scales float32 (or bfloat16) logits by these: past the bounds they overflow to
+# inf and the draws turn into NaN or ties, so a bounded range is refused up front instead.
+TEMPERATURE_RANGE = (1e-3, 1e3)
+CONDITION_SCALE_RANGE = (-1e3, 1e3)
 
 
 def _option(default, help: str, type=None):
@@ -51,13 +60,20 @@ class GenerationConfig:
             fail("top_p", "must be in (0, 1]", "use None or 1.0 to disable it")
         if self.min_p is not None and not (_finite(self.min_p) and 0.0 <= self.min_p <= 1.0):
             fail("min_p", "must be in [0, 1]", "use None or 0 to disable it")
+        low, high = TEMPERATURE_RANGE
         if not (_finite(self.temperature) and self.temperature > 0):
             fail("temperature", "must be a finite number > 0", "use top_k=1 for greedy decoding")
-        if not _finite(self.condition_scale):
-            fail("condition_scale", "must be a finite number",
+        if not low <= self.temperature <= high:
+            fail("temperature", f"must be between {low:g} and {high:g}",
+                 "beyond them the logits overflow; use top_k=1 for greedy decoding")
+        low, high = CONDITION_SCALE_RANGE
+        if not (_finite(self.condition_scale) and low <= self.condition_scale <= high):
+            fail("condition_scale", f"must be a finite number between {low:g} and {high:g}",
                  "1 turns super-conditioning off; the reference notebook uses 10")
-        if self.seed is not None and not _whole(self.seed):
-            fail("seed", "must be a whole number", "or None for a fresh random seed")
+        low, high = SEED_RANGE
+        if self.seed is not None and not (_whole(self.seed) and low <= self.seed <= high):
+            fail("seed", f"must be a whole number in {low}..2**64-1",
+                 "what torch.Generator takes; or None for a fresh random seed")
         if self.step_mode not in STEP_MODES:
             fail("step_mode", "is not a step mode", f"use one of {STEP_MODES}")
 
@@ -92,6 +108,18 @@ class GenerationConfig:
         if self.top_k is not None and self.top_k > config.codebook_size:
             raise ValueError(f"top_k={self.top_k} must be between 1 and the codebook size "
                              f"{config.codebook_size} (use None to disable it)")
+
+    def check_device(self, device) -> None:
+        """The checks that need the device the model runs on: CUDA graphs need CUDA."""
+        if self.graphed:
+            cuda_graph.check_device(torch.device(device), self.step_mode)
+
+    def with_seed(self) -> "GenerationConfig":
+        """This config with its seed set: its own, or a fresh random one drawn here, so that results can
+        name the seed that made them."""
+        if self.seed is not None:
+            return self
+        return self.replace(seed=random.SystemRandom().randrange(2**31))
 
 
 def _finite(value) -> bool:

@@ -8,24 +8,23 @@ sub-directory, listed in `model_index.json` with the normaliser settings and the
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image
 
 from .clip_scorer import ClipScorer
+from .component_specs import instantiate_component
 from .generation_config import GenerationConfig
 from .hub.files import TOKENIZER_FILES, Source, load_config_json, open_source, write_json
 from .image_grid import caption_grid, to_pil
 from .model import DalleBart
+from .pipeline_index import check_index
+from .request_checks import check_every, check_keep_rows, check_prompts
 from .sampling import generate_stream
 from .text_normalizer import TextNormalizer
 from .tokenizer import TextTokenizer, load_tokenizer
@@ -50,18 +49,25 @@ class PromptImages:
     settings: Optional[GenerationConfig] = None
     keep_rows: int = 0
     order: Optional[list[int]] = None  # order[i]: which sample (0..n-1 as drawn) images[i] is
+    # the prompts of the call that drew these and this one's place among them: a prompt's images depend on
+    # the prompts before it (one seed draws every row of the call), so they are part of what reproduces them
+    call_prompts: Optional[list[str]] = None
+    index: int = 0
 
     def grid(self, scale: int = 1) -> Image.Image:
         labels = [[f"{s:.2f}" for s in self.scores]] if self.scores is not None else None
         return caption_grid([self.images], [self.prompt], labels, scale=scale)
 
     def metadata(self, i: int) -> dict[str, str]:
-        """What reproduces image i, as PNG text chunks: the prompt, seed, settings, its sample index."""
+        """What reproduces image i, as PNG text chunks: the prompt, seed, settings, its sample index, and the
+        call's prompts with this one's index among them: `pipe(json.loads(text["prompts"]),
+        seed=int(text["seed"]), **settings)[int(text["prompt_index"])]` draws it again as sample `sample`."""
         settings = self.settings.to_dict() if self.settings is not None else {}
         text = {"prompt": self.prompt, "seed": str(self.seed),
                 "sample": str(self.order[i] if self.order is not None else i),
                 "settings": json.dumps({**settings, "keep_rows": self.keep_rows}, sort_keys=True),
-                "software": "dalle_mini_pt"}
+                "prompts": json.dumps(self.call_prompts or [self.prompt], ensure_ascii=False),
+                "prompt_index": str(self.index), "software": "dalle_mini_pt"}
         if self.scores is not None:
             text["clip_score"] = f"{self.scores[i]:.4f}"
         return text
@@ -79,7 +85,7 @@ def load_vqgan(spec: str, revision: Optional[str] = None, **hub) -> VQGAN:
     if path.suffix == ".ckpt":
         return VQGAN.from_taming_checkpoint(path, VQGANConfig())
     if path.suffix in (".yaml", ".yml"):
-        return instantiate(OmegaConf.load(path))
+        return instantiate_component(path, "vqgan")
     # hub repo names may contain dots, so every other spec goes here; it names what it could not find
     return VQGAN.from_pretrained(spec, revision=revision, **hub)
 
@@ -101,7 +107,7 @@ def load_clip(spec: Optional[str], device=None) -> Optional[ClipScorer]:
         return None
     spec, device = str(spec), device or "cpu"
     if spec.endswith((".yaml", ".yml")):
-        return instantiate(OmegaConf.load(spec)).to(device)
+        return instantiate_component(spec, "clip").to(device)
     name, colon, tag = spec.partition(":")
     if not Path(spec).exists() and (colon or name in ClipScorer.open_clip_models()):
         return ClipScorer.from_open_clip(name, tag or None, device=device)
@@ -122,6 +128,9 @@ class DalleMiniPipeline:
             raise ValueError(f"tokenizer max_length {tokenizer.max_length} exceeds the model's "
                              f"{cfg.text_positions} text positions")
         tokenizer.fit_to(cfg.encoder_vocab_size, "the model's encoder_vocab_size")
+        if type(decode_batch_size) is not int or decode_batch_size < 1:
+            raise ValueError(f"decode_batch_size={decode_batch_size!r} must be a whole number >= 1 (images "
+                             "the VQGAN decodes at once)")
         if cfg.vqgan_pixel_range not in (None, vqgan.config.pixel_range):
             raise ValueError(f"the model learned codes of a VQGAN fed {cfg.vqgan_pixel_range} pixels, but "
                              f"this VQGAN works in {vqgan.config.pixel_range}: its pictures would come out "
@@ -170,7 +179,7 @@ class DalleMiniPipeline:
             raise FileNotFoundError(f"{source.name}: no {INDEX_NAME}, so not a pipeline saved by "
                                     "DalleMiniPipeline.save_pretrained; to load separate components pass "
                                     "vqgan= (and clip=) too")
-        index = load_config_json(index_path)
+        index = check_index(load_config_json(index_path), f"{source.name}/{INDEX_NAME}")
         net = DalleBart.from_pretrained(name_or_path, subfolder=index["model"], dtype=dtype, device=device,
                                         **hub)
         tokenizer = TextTokenizer.from_pretrained(
@@ -217,18 +226,18 @@ class DalleMiniPipeline:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _prepare(self, prompts: Union[str, Sequence[str]]) -> list[str]:
-        if not isinstance(prompts, (str, Sequence)):
-            raise TypeError(f"prompts must be a string or a list of strings; got {type(prompts).__name__}")
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("no prompts given: pass a string or a list of strings")
-        wrong = [p for p in prompts if not isinstance(p, str)]
-        if wrong:
-            raise TypeError(f"prompts must be strings; got {type(wrong[0]).__name__} {wrong[0]!r}")
-        if any(not p.strip() for p in prompts):
-            warnings.warn("an empty prompt is the unconditional prompt: its images follow no text",
-                          stacklevel=3)
+    def check_request(self, prompts: Union[str, Sequence[str]], config: GenerationConfig, *,
+                      keep_rows: int = 0, has_image: bool = False, every: Optional[int] = None,
+                      max_prompt_chars: Optional[int] = None) -> list[str]:
+        """Everything about a request that can be wrong, checked before any work: the prompts, the options
+        against this model and device, the kept rows, the steps between partials. `stream` runs it on every
+        call; the demo server runs it as a request arrives, before the request joins a batch. Returns the
+        prompts as a list; raises `ValueError` / `TypeError` naming the problem."""
+        prompts = check_prompts(prompts, max_prompt_chars)
+        config.check_model(self.model.config)
+        config.check_device(self.device)
+        check_keep_rows(keep_rows, self.vqgan.config.grid_size, has_image)
+        check_every(every, self.vqgan.config.grid_size, self.model.config.image_length)
         return prompts
 
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -245,9 +254,7 @@ class DalleMiniPipeline:
         """The options a run uses, with a seed drawn here when neither a seed nor generators are given, so
         results can name it."""
         config = (generation_config or self.generation_config).replace(**options)
-        if config.seed is None and generator is None:
-            config = config.replace(seed=random.SystemRandom().randrange(2**31))
-        return config
+        return config if generator is not None else config.with_seed()
 
     def encode_images(self, images) -> torch.Tensor:
         """Images -> VQGAN codes (n, image_length): a PIL image, an image tensor (C, H, W) or (H, W, C)
@@ -266,13 +273,8 @@ class DalleMiniPipeline:
 
     def _prefix(self, init_image, keep_rows: int, prompts: int, num_images: int) -> Optional[torch.Tensor]:
         grid = self.vqgan.config.grid_size
-        if not (isinstance(keep_rows, int) and 0 <= keep_rows <= grid):
-            raise ValueError(f"keep_rows={keep_rows!r} must be a whole number in 0..{grid} (rows of the "
-                             f"{grid}x{grid} code grid kept from init_image; 0 is plain generation)")
         if keep_rows == 0:
             return None
-        if init_image is None:
-            raise ValueError(f"keep_rows={keep_rows} needs init_image, the image whose rows are kept")
         codes = self.encode_images(init_image)[:, :keep_rows * grid]
         if codes.shape[0] not in (1, prompts):
             raise ValueError(f"init_image: give one image, or one per prompt ({prompts}); got "
@@ -303,22 +305,23 @@ class DalleMiniPipeline:
         """`__call__` as it draws: yields (codes written, results) every `every` sampling steps (-1: one row
         of the code grid; None: only at the end). Partial results hold the whole grid decoded with the
         rows not yet sampled left grey, unranked; the last yield is what `__call__` returns, ranked."""
-        prompts = self._prepare(prompts)
         config = self._settings(generation_config, options, generator)
+        prompts = self.check_request(prompts, config, keep_rows=keep_rows, has_image=init_image is not None,
+                                     every=every)
         if clip_top_n is not None and not 1 <= clip_top_n <= config.num_images:
             raise ValueError(f"clip_top_n={clip_top_n} must be between 1 and num_images={config.num_images}")
         n, length = config.num_images, self.model.config.image_length
         prefix = self._prefix(init_image, keep_rows, len(prompts), n)
-        every = self.vqgan.config.grid_size if every == -1 else every or length
+        every = check_every(every, self.vqgan.config.grid_size, length)
         steps = generate_stream(self.model, **self.tokenize(prompts), generation_config=config, every=every,
                                 prefix=prefix, generator=generator, progress=progress)
         for written, codes in steps:  # the sampler sets inference mode itself on each resume
             with torch.inference_mode():
                 final = written == length
                 pictures = self.decode(codes) if final else self.decode_partial(codes)
-                yield written, [self._rank(p, pictures[i * n:(i + 1) * n], codes[i * n:(i + 1) * n],
+                yield written, [self._rank(prompts, i, pictures[i * n:(i + 1) * n], codes[i * n:(i + 1) * n],
                                            clip_top_n if final else n, final, config, keep_rows)
-                                for i, p in enumerate(prompts)]
+                                for i in range(len(prompts))]
 
     def decode_partial(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes with -1 where none is sampled yet -> images with those cells grey. The whole grid is
@@ -331,8 +334,9 @@ class DalleMiniPipeline:
         mask = torch.nn.functional.interpolate(mask.to(pictures.device), size=pictures.shape[-2:])
         return pictures * mask + 0.5 * (1 - mask)
 
-    def _rank(self, prompt, pictures, codes, top_n, rank, config, keep_rows) -> PromptImages:
-        made = dict(seed=config.seed, settings=config, keep_rows=keep_rows)
+    def _rank(self, prompts, index, pictures, codes, top_n, rank, config, keep_rows) -> PromptImages:
+        prompt = prompts[index]
+        made = dict(seed=config.seed, settings=config, keep_rows=keep_rows, call_prompts=prompts, index=index)
         if self.clip is None or not rank:
             return PromptImages(prompt, to_pil(pictures), codes.cpu(), order=list(range(len(codes))), **made)
         order, scores = self.clip.rank(pictures.to(self.clip.device), prompt, top_n=top_n)

@@ -1,92 +1,33 @@
 """The demo server, started as users start it (`python -m dalle_mini_pt.app`) on a free loopback port with a
 tiny saved pipeline, driven through its HTTP API and through `gradio_client`: batching of concurrent
 requests (counted on /health), each request's own images for its seed, the page's streamed gallery, PNG
-metadata, and 4xx answers that leave the server up."""
+metadata, and 4xx answers that leave the server up; the holes an adversarial run found (the issue's cases,
+named in each test): values the sampler cannot take, a bad request among good ones, an image strip that
+took gigabytes, chunked bodies, /health behind the queue, the Host header and other origins, unknown
+fields; and /metrics."""
 
 import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image
 
 pytest.importorskip("gradio", reason="the demo needs the [demo] extra: pip install -e .[demo]")
 httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.slow  # a real server in a subprocess; tests/test_jobs.py checks the batcher fast
 
-from dalle_mini_pt.generation_config import GenerationConfig  # noqa: E402
-from dalle_mini_pt.model import DalleBart  # noqa: E402
+from demo_server import ROOT, Server, save_tiny_pipeline  # noqa: E402
+
 from dalle_mini_pt.pipeline import DalleMiniPipeline  # noqa: E402
 from dalle_mini_pt.png_metadata import read_png_text  # noqa: E402
-from dalle_mini_pt.tokenizer import TextTokenizer  # noqa: E402
-from dalle_mini_pt.train import CONFIG_DIR  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def save_tiny_pipeline(tokenizer_dir: Path, out: Path) -> Path:
-    """Tiny random components (32x32 images, a 16x16 code grid), saved as one pipeline directory."""
-    torch.manual_seed(0)
-    model = DalleBart(tiny_config(image_length=256, image_vocab_size=32))
-    parts = [instantiate(OmegaConf.load(f"{CONFIG_DIR}/{group}/tiny.yaml")) for group in ("vqgan", "clip")]
-    pipe = DalleMiniPipeline(model, TextTokenizer.from_pretrained(str(tokenizer_dir), 16), *parts,
-                             generation_config=GenerationConfig(num_images=2, top_k=8, condition_scale=3.0))
-    pipe.save_pretrained(out)
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m dalle_mini_pt.app` in a subprocess, stopped (by its own pid) when the tests are done."""
-
-    def __init__(self, pipeline: Path, *args: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-               "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "dalle_mini_pt.app", "--pipeline", str(pipeline),
-                                      "--port", str(self.port), *args], cwd=ROOT, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the demo server did not come up:\n{self.proc.stdout.read()[-3000:]}")
-
-    def health(self) -> dict:
-        return httpx.get(self.url + "/health", timeout=10).json()
-
-    def generate(self, body: dict, timeout=300) -> httpx.Response:
-        return httpx.post(self.url + "/api/generate", json=body, timeout=timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +36,14 @@ def pipeline_dir(tiny_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(pipeline_dir):
+def server_tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("server_tmp")  # the server's TMPDIR: what it stores is seen
+
+
+@pytest.fixture(scope="module")
+def server(pipeline_dir, server_tmp):
     # a long merge window so that requests sent together surely land in one batch
-    s = Server(pipeline_dir, "--batch-wait", "1.0", "--batch-images", "16")
+    s = Server(pipeline_dir, "--batch-wait", "1.0", "--batch-images", "16", env={"TMPDIR": str(server_tmp)})
     yield s
     s.stop()
 
@@ -201,3 +147,123 @@ def test_without_a_pipeline_it_says_how_to_make_one(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dalle_mini_pt.app"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2 and "python -m dalle_mini_pt.shapes_pipeline" in proc.stderr
+
+
+def test_unknown_fields_are_named(server):
+    """Issue case 9: an option at the wrong level answered 200 with the defaults."""
+    answer = server.generate({"prompts": ["a red square"], "top_k": -1})
+    assert answer.status_code == 422 and "unknown field 'top_k'" in answer.text and "options" in answer.text
+
+
+def test_values_the_sampler_cannot_take_get_422_and_the_connection_stays(server):
+    """Issue case 4: these answered bare 500s and the keep-alive connection reset."""
+    cases = [({"temperature": 1e300}, "temperature"), ({"condition_scale": 1e38}, "condition_scale"),
+             ({"seed": 2**64}, "seed"), ({"seed": -2**63 - 1}, "seed"),
+             ({"step_mode": "cuda_graph"}, "CUDA")]
+    with httpx.Client(base_url=server.url, timeout=300) as client:
+        for options, name in cases:
+            body = {"prompt": "a", "options": {"num_images": 1, **options}}
+            answer = client.post("/api/generate", json=body)
+            assert answer.status_code == 422 and name in answer.json()["detail"], (options, answer.text[:300])
+        lone = json.dumps({"prompt": "a \ud800", "options": {"num_images": 1}})  # sent as the escape \\ud800
+        answer = client.post("/api/generate", content=lone, headers={"content-type": "application/json"})
+        assert answer.status_code == 422 and "lone surrogate" in answer.text
+        good = client.post("/api/generate", json={"prompt": "a", "options": {"num_images": 1}})
+        assert good.status_code == 200
+
+
+def test_a_bad_request_sent_with_good_ones_fails_alone(server):
+    """Issue case 2: a seed of 2**64 sent while three good requests waited made all four answer 500."""
+    bodies = [{"prompt": f"a red square {i}", "options": {"num_images": 1, "seed": i}} for i in range(3)]
+    bodies.insert(1, {"prompt": "bad", "options": {"num_images": 1, "seed": 2**64}})
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(server.generate, bodies))
+    assert [a.status_code for a in answers] == [200, 422, 200, 200], [a.text[:200] for a in answers]
+
+
+def peak_rss_mb(pid: int) -> float:
+    status = open(f"/proc/{pid}/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from /proc")
+def test_an_image_strip_is_refused_before_it_is_resized(server):
+    """Issue case 1: a 1x100000 PNG of a few hundred bytes passed the pixel bound and was resized to
+    32x3200000 here (64x6400000 for the trained pipeline), gigabytes at peak."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 100_000)).save(buffer, format="PNG")
+    before = peak_rss_mb(server.proc.pid)
+    answer = server.generate({"prompt": "a", "init_image": base64.b64encode(buffer.getvalue()).decode(),
+                              "keep_rows": 3})
+    assert answer.status_code == 413 and "1x100000, a side over 4096" in answer.text, answer.text[:300]
+    assert peak_rss_mb(server.proc.pid) - before < 100
+
+
+def test_chunked_bodies_are_bounded_too(server, server_tmp):
+    """Issue case 3: 100 MB sent chunked (no Content-Length) to the page's upload route was stored."""
+    def chunks(head: bytes, tail: bytes):  # 20 MB between head and tail, a megabyte at a time
+        yield head
+        for _ in range(20):
+            yield b"\0" * 2**20
+        yield tail
+
+    upload = (b'--x\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
+              b"Content-Type: image/png\r\n\r\n", b"\r\n--x--\r\n")
+    for path, kind, (head, tail) in [("/gradio_api/upload", "multipart/form-data; boundary=x", upload),
+                                     ("/api/generate", "application/json", (b'{"prompt": "', b'"}'))]:
+        try:
+            status = httpx.post(server.url + path, content=chunks(head, tail), headers={"content-type": kind},
+                                timeout=60).status_code
+        except httpx.HTTPError:  # cut off while sending: refused too
+            status = None
+        assert status in (413, None), (path, status)
+    stored = [p for p in server_tmp.rglob("*") if p.is_file() and p.stat().st_size > 2**20]
+    assert not stored, stored
+    assert server.health()["status"] == "ok"
+
+
+def test_health_answers_at_once_while_requests_wait(server):
+    """Issue case 6: /health took 10.5 s with 60 requests waiting: every waiting request held one of the
+    server's 40 worker threads, and /health needed one too."""
+    bodies = [{"prompt": f"a blue circle {i}", "options": {"num_images": 1, "seed": i}} for i in range(45)]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = [pool.submit(server.generate, body) for body in bodies]
+        time.sleep(0.5)
+        slowest, waiting = 0.0, 0
+        for _ in range(3):
+            start = time.perf_counter()
+            waiting = max(waiting, server.health()["waiting"])
+            slowest = max(slowest, time.perf_counter() - start)
+        assert all(a.result().status_code == 200 for a in answers)
+    assert waiting > 16 and slowest < 1.5, (waiting, slowest)
+
+
+def test_the_host_header_must_name_the_server_and_other_origins_get_no_cors(server):
+    """Issue case 8: the Host header was not checked (DNS rebinding reaches a loopback server) and every
+    http://localhost:* origin was trusted with credentials."""
+    answer = httpx.get(server.url + "/health", headers={"Host": "attacker.example"})
+    assert answer.status_code == 400 and "--allowed-host" in answer.text
+    assert httpx.get(server.url + "/health", headers={"Host": f"localhost:{server.port}"}).status_code == 200
+    for origin in ("http://localhost:9999", "https://attacker.example"):
+        answer = httpx.get(server.url + "/gradio_api/info", headers={"Origin": origin})
+        assert "access-control-allow-origin" not in answer.headers, answer.headers
+        assert "access-control-allow-credentials" not in answer.headers
+        preflight = httpx.options(server.url + "/api/generate", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_metrics_in_prometheus_format(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert server.generate({"prompt": "a red square", "options": {"num_images": 2}}).status_code == 200
+    answer = httpx.get(server.url + "/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(answer.text) for s in family.samples}
+    assert samples[("dalle_mini_pt_requests_total", (("route", "/api/generate"), ("status", "200")))] >= 1
+    assert samples[("dalle_mini_pt_batch_images_count", ())] >= 1
+    assert samples[("dalle_mini_pt_images_total", ())] >= 2
+    assert samples[("dalle_mini_pt_images_per_second", ())] > 0
+    assert ("dalle_mini_pt_queue_depth", ()) in samples
+    assert samples[("dalle_mini_pt_request_seconds_count", (("route", "/api/generate"),))] >= 1

@@ -28,3 +28,21 @@ def test_demo_bench_tiny(tmp_path, capsys):
     assert s["partials"] == 16 and 0 < s["first_partial_s"] < s["full_grid_streamed_s"]
     for d in result["partial_decode"]:
         assert d["whole_grid_ms"] > 0 and d["changed_rows_ms"] > 0 and d["max_pixel_error"] >= 0
+
+
+def test_server_load_tiny(tmp_path, capsys):
+    """benchmarks/server_load.py end to end at tiny size: the official openai client, one client then
+    three, no errors, every figure filled; three clients sending together are merged."""
+    pytest.importorskip("openai", reason="the dev extra holds the openai client")
+    import server_load
+
+    out = tmp_path / "load.json"
+    result = server_load.main(["--pipeline", "tiny", "--clients", "3", "--seconds", "3", "--baseline-seconds",
+                               "2", "--threads", "1", "--batch-wait", "0.5", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert "÷ one client" in capsys.readouterr().out
+    one, three = result["phases"]
+    assert one["clients"] == 1 and three["clients"] == 3 and one["errors"] == three["errors"] == 0
+    assert three["requests"] >= 3 and three["sampler_calls"] < three["requests"]
+    for p in (one, three):
+        assert 0 < p["p50_s"] <= p["p95_s"] and p["images_per_s"] > 0 and p["rss_end_mb"] > 0

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import compose_train, tiny_config
@@ -76,3 +77,65 @@ def test_cli_saves_each_image_with_its_metadata_and_the_partial_grids(checkpoint
     assert float(texts[0]["clip_score"]) >= float(texts[1]["clip_score"])  # best first
     assert '"condition_scale": 2.0' in texts[0]["settings"]
     assert Image.open(tmp_path / "g-1.png").size == (32, 32)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "1e300"], "temperature=1e+300 must be between"),
+    (["--condition-scale", "1e38"], "condition_scale=1e+38 must be a finite number between"),
+    (["--seed", str(2**64)], "seed=18446744073709551616 must be a whole number in 0..2**64-1"),
+    (["--seed", str(-2**63 - 1)], "must be a whole number in 0"),
+    (["--step-mode", "cuda_graph", "--device", "cpu"], "needs the model on a CUDA device"),
+])
+def test_impossible_values_exit_2_before_any_model_loads(flags, message, capsys):
+    """Issue case 4: these exited 1 with a traceback after the model loaded. The model named here does
+    not exist, so reaching the load would fail otherwise."""
+    with pytest.raises(SystemExit) as exit:
+        main(["a red square", "--model", "/nonexistent/model", "--vqgan", "/nonexistent/vqgan.safetensors",
+              *flags])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two processes
+def test_a_prompt_that_is_not_text_exits_2_and_a_failed_load_exits_1(tmp_path):
+    """Bytes that are not UTF-8 on the command line arrive as lone surrogates: refused before the load;
+    what fails after the command line is accepted is one line and status 1, not a traceback."""
+    base = [sys.executable, "-m", "dalle_mini_pt.generate"]
+    where = ["--model", "/nonexistent/model", "--vqgan", "/nonexistent/vqgan.safetensors",
+             "--out", str(tmp_path / "g.png")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([*base, b"a \xff square", *where], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2 and "not valid Unicode text" in proc.stderr, proc.stderr[-2000:]
+    proc = subprocess.run([*base, "a red square", *where], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 1 and "generate: error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_each_saved_image_names_what_reproduces_it_in_a_multi_prompt_call(checkpoint_dir, tmp_path):
+    """Issue case 12: `generate A B --seed 3 --save-each` wrote chunks from which `generate B --seed 3`
+    gave other images (one seed draws every row of the call, so B's rows come after A's). The chunks name
+    the call's prompts and B's index among them, and those reproduce B's image."""
+    import json
+
+    from dalle_mini_pt.generation_config import GenerationConfig
+    from dalle_mini_pt.pipeline import DalleMiniPipeline
+    from dalle_mini_pt.png_metadata import read_png_text
+
+    parts = ["--model", str(checkpoint_dir / "model"), "--vqgan", str(checkpoint_dir / "vqgan.safetensors"),
+             "--clip", f"{CONFIG_DIR}/clip/tiny.yaml"]
+    main(["a red square", "a blue circle", *parts, "--num-images", "2", "--seed", "3", "--top-k", "8",
+          "--save-each", "--out", str(tmp_path / "g.png")])
+    saved = tmp_path / "g_1-1.png"  # the second prompt's best image
+    text = read_png_text(saved)
+    assert json.loads(text["prompts"]) == ["a red square", "a blue circle"] and text["prompt_index"] == "1"
+    settings = json.loads(text["settings"])
+    assert settings.pop("keep_rows") == 0
+    pipe = DalleMiniPipeline.from_pretrained(str(checkpoint_dir / "model"),
+                                             str(checkpoint_dir / "vqgan.safetensors"),
+                                             clip=f"{CONFIG_DIR}/clip/tiny.yaml")
+    again = pipe(json.loads(text["prompts"]), GenerationConfig.from_dict(settings), seed=int(text["seed"]))
+    result = again[int(text["prompt_index"])]
+    image = result.images[result.order.index(int(text["sample"]))]
+    assert (np.asarray(image) == np.asarray(Image.open(saved).convert("RGB"))).all()
+    alone = pipe([text["prompt"]], GenerationConfig.from_dict(settings), seed=int(text["seed"]))[0]
+    assert not torch.equal(alone.codes.sort(0).values, result.codes.sort(0).values)  # why the chunks say more

@@ -1,82 +1,66 @@
-"""The demo's job queue: requests that arrive within `wait` seconds of each other are merged into one
-sampler call (up to `batch_images` images), since one batched call costs far less than several; one batch
-runs on the device at a time and the rest wait, each knowing its place.
+"""The demo's job queue: requests that arrive close together are merged into one sampler call (up to
+`batch_images` images), since one batched call costs far less than several; one batch runs on the device
+at a time and the rest wait, each knowing its place, in a queue of bounded length.
 
 A merged request keeps its own seed: its rows draw their Gumbel noise from its own generator (the sampler's
 (generator, rows) pairs), so its images are the ones it gets alone, and the ones `pipe(prompts, seed=s)`
 gives. Requests are merged when their sampling options other than the seed agree (and, for completion,
-their kept rows); the others wait for a later batch, in arrival order. No web code here: the HTTP API and
-the Gradio UI both submit `Job`s and read their events.
+their kept rows); the others wait for a later batch, in arrival order. Every request is checked completely
+(`DalleMiniPipeline.check_request`) before it queues, and a batch that fails anyway is run again one
+request at a time, so only the faulty one fails. No web code here: the HTTP routes and the page submit
+`Job`s, read their events, and turn the exceptions below into answers.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
 import dataclasses
-import io
+import math
 import queue
-import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, Optional
 
 import numpy as np
-from PIL import Image
 
-from ..data.image_sources import load_image
 from ..generation_config import GenerationConfig
 from ..pipeline import DalleMiniPipeline, PromptImages
+from ..request_checks import RequestTooLarge
 from ..warpers import seeded_generator
-
-MAX_PROMPT_CHARS = 1000
+from .batch_window import BatchWindow
+from .settings import ServerSettings
 
 
 class BadRequest(ValueError):
-    """A request the server refuses, with the reason; `status` is the HTTP status it maps to."""
+    """A request the batcher refuses before it queues, with the reason (the pipeline's checks)."""
 
-    def __init__(self, message: str, status: int = 422):
+
+class TooLarge(BadRequest):
+    """A request over a size bound: more images than one batch, or a prompt or image too big."""
+
+
+class QueueFull(Exception):
+    """The queue holds `max_queue` requests; `retry_after` seconds is a guess at when one place frees."""
+
+    def __init__(self, message: str, retry_after: int):
         super().__init__(message)
-        self.status = status
+        self.retry_after = retry_after
 
 
-@dataclass
-class ServerSettings:
-    batch_images: int = 16  # most images in one sampler call
-    wait: float = 0.05  # seconds a job waits for others to merge with
-    every: Optional[int] = -1  # sampling steps between partial images in the UI (-1: one code row)
-    max_image_bytes: int = 8 * 2**20
-    max_image_pixels: int = 4096 * 4096
+class ShuttingDown(Exception):
+    """The server is stopping: it takes no new request and runs no waiting one."""
 
 
-def decode_image(data: Union[str, bytes], resolution: int, settings: ServerSettings) -> np.ndarray:
-    """base64 text or raw bytes of an image -> the VQGAN's input, fitted as the data encoder fits images;
-    `BadRequest` for what is too big or not an image."""
-    if isinstance(data, str):
-        if len(data) > settings.max_image_bytes * 4 // 3 + 4:
-            raise BadRequest(f"init_image is over {settings.max_image_bytes} bytes", status=413)
-        try:
-            data = base64.b64decode(data.split(",", 1)[-1] if data.startswith("data:") else data,
-                                    validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequest("init_image is not valid base64") from None
-    if len(data) > settings.max_image_bytes:
-        raise BadRequest(f"init_image is over {settings.max_image_bytes} bytes", status=413)
-    try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only: the size before any pixel
-            w, h = im.size
-    except Exception:
-        raise BadRequest("init_image is not an image file PIL can read (PNG, JPEG, WebP, ...)") from None
-    if w * h > settings.max_image_pixels:
-        raise BadRequest(f"init_image is {w}x{h}, over {settings.max_image_pixels} pixels", status=413)
-    try:
-        return load_image(data, resolution)
-    except Exception as e:
-        raise BadRequest(f"init_image could not be decoded ({e})") from None
+class WaitedTooLong(Exception):
+    """The request waited in the queue past the server's timeout before its batch started."""
 
 
-@dataclass
+class GenerationFailed(Exception):
+    """Sampling failed for this request even when it was run alone (its cause is chained)."""
+
+
+@dataclass(eq=False)
 class Job:
     prompts: list[str]
     config: GenerationConfig  # the seed is always set: the caller's, or one drawn at submission
@@ -86,6 +70,9 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     events: queue.Queue = field(default_factory=queue.Queue, repr=False)
     results: Optional[list[PromptImages]] = None
+    _final: Optional[tuple] = field(default=None, repr=False)
+    _listeners: list[Callable] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def images(self) -> int:
@@ -94,9 +81,21 @@ class Job:
     def merge_key(self):
         return self.config.replace(seed=0), self.keep_rows
 
+    def put(self, event: tuple) -> None:
+        """An event for whoever reads this job: ("partial", codes written, results), ("done", results) or
+        ("error", exception); the last two end it."""
+        with self._lock:
+            if self._final is not None:
+                return
+            if event[0] != "partial":
+                self._final = event
+            listeners = list(self._listeners)
+        self.events.put(event)
+        for listener in listeners:
+            listener(event)
+
     def next_event(self, timeout: Optional[float] = None):
-        """("partial", codes written, results), ("done", results) or ("error", exception); None when nothing
-        came within `timeout`."""
+        """The next event, or None when nothing came within `timeout`."""
         try:
             return self.events.get(timeout=timeout)
         except queue.Empty:
@@ -114,21 +113,37 @@ class Job:
             if event[0] == "error":
                 raise event[1]
 
+    async def final(self) -> tuple:
+        """The ending event, awaited on the event loop without holding a thread while the job waits."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def settle(event):
+            if event[0] != "partial":
+                loop.call_soon_threadsafe(lambda: future.done() or future.set_result(event))
+
+        with self._lock:
+            final = self._final
+            if final is None:
+                self._listeners.append(settle)
+        return final if final is not None else await future
+
 
 class Batcher:
     """One worker thread runs batches of merged jobs on the pipeline; `submit` checks a request and queues
-    it. `sampler_calls` and `jobs_done` count what it did (the tests and /health read them)."""
+    it. The counters (`sampler_calls`, `jobs_done`, `waiting`, `running`) are plain values that /health
+    reads without the batcher's lock. `on_batch(images, seconds)` is told after each sampler call."""
 
-    def __init__(self, pipe: DalleMiniPipeline, batch_images: int = 16, wait: float = 0.05,
-                 every: Optional[int] = -1):
-        if batch_images < 1 or wait < 0:
-            raise ValueError(f"batch_images={batch_images} must be >= 1 and wait={wait} >= 0 seconds")
-        self.pipe, self.batch_images, self.wait, self.every = pipe, batch_images, wait, every
-        self.sampler_calls = self.jobs_done = 0
+    def __init__(self, pipe: DalleMiniPipeline, settings: ServerSettings = ServerSettings(),
+                 on_batch: Optional[Callable[[int, float], None]] = None):
+        self.pipe, self.settings, self.on_batch = pipe, settings, on_batch
+        self.batch_images = settings.batch_images
+        self.sampler_calls = self.jobs_done = self.running = 0
         self._waiting: list[Job] = []
-        self._running: list[Job] = []
         self._cond = threading.Condition()
-        self._stopped = False
+        self._window = BatchWindow(settings.wait, settings.batch_images)
+        self._stopping = False
+        self._batch_seconds = 0.0  # a running mean, for Retry-After
         self._thread = threading.Thread(target=self._work, name="dalle-mini-pt-batcher", daemon=True)
         self._thread.start()
 
@@ -136,65 +151,90 @@ class Batcher:
 
     def submit(self, prompts, options: Optional[dict] = None, *, init_image: Optional[np.ndarray] = None,
                keep_rows: int = 0, stream: bool = False) -> Job:
-        """Check a request and queue it; a bad one raises `BadRequest` naming the problem."""
-        job = Job(self._check_prompts(prompts), self._check_options(options or {}),
-                  self._check_keep_rows(keep_rows, init_image), init_image, stream)
+        """Check a request completely and queue it; `BadRequest` (or `TooLarge`) names what is wrong,
+        `QueueFull` and `ShuttingDown` say why it was not taken."""
+        try:
+            config = self.pipe.generation_config.replace(**(options or {})).with_seed()
+            prompts = self.pipe.check_request(prompts, config, keep_rows=keep_rows,
+                                              has_image=init_image is not None,
+                                              max_prompt_chars=self.settings.max_prompt_chars)
+        except RequestTooLarge as e:
+            raise TooLarge(str(e)) from None
+        except (TypeError, ValueError) as e:
+            raise BadRequest(str(e)) from None
+        resolution = self.pipe.vqgan.config.resolution
+        if keep_rows and (init_image.shape != (resolution, resolution, 3) or init_image.dtype != np.uint8):
+            raise BadRequest(f"init_image must be fitted first ({resolution}x{resolution}x3 uint8: "
+                             f"request_checks.read_init_image); got {init_image.shape} {init_image.dtype}")
+        job = Job(prompts, config, keep_rows, init_image if keep_rows else None, stream)
         if job.images > self.batch_images:
-            raise BadRequest(f"{len(job.prompts)} prompt(s) x num_images={job.config.num_images} is "
-                             f"{job.images} images; this server samples at most {self.batch_images} at "
-                             "once (--batch-images)", status=413)
+            raise TooLarge(f"{len(job.prompts)} prompt(s) x num_images={job.config.num_images} is "
+                           f"{job.images} images; this server samples at most {self.batch_images} at once "
+                           "(--batch-images)")
         with self._cond:
-            if self._stopped:
-                raise BadRequest("the server is shutting down", status=503)
+            if self._stopping:
+                raise ShuttingDown("the server is shutting down: it takes no new requests")
+            if len(self._waiting) >= self.settings.max_queue:
+                raise QueueFull(f"the queue is full ({self.settings.max_queue} requests wait, --max-queue); "
+                                "try again shortly", self.retry_after())
             self._waiting.append(job)
             self._cond.notify_all()
         return job
 
-    @staticmethod
-    def _check_prompts(prompts) -> list[str]:
-        prompts = [prompts] if isinstance(prompts, str) else prompts
-        if not isinstance(prompts, (list, tuple)) or not prompts:
-            raise BadRequest("no prompts given: send a prompt or a non-empty list of prompts")
-        if not all(isinstance(p, str) for p in prompts):
-            raise BadRequest("prompts must be strings")
-        if any(len(p) > MAX_PROMPT_CHARS for p in prompts):
-            raise BadRequest(f"a prompt is longer than {MAX_PROMPT_CHARS} characters")
-        return list(prompts)
+    def retry_after(self) -> int:
+        """Whole seconds until the queue has likely moved on by one batch (at least 1)."""
+        return max(1, math.ceil(self._batch_seconds))
 
-    def _check_options(self, options: dict) -> GenerationConfig:
-        try:  # GenerationConfig's own validation is the one place the option ranges live
-            config = self.pipe.generation_config.replace(**options)
-            config.check_model(self.pipe.model.config)
-        except (TypeError, ValueError) as e:
-            raise BadRequest(str(e)) from None
-        if config.seed is None:
-            config = config.replace(seed=random.SystemRandom().randrange(2**31))
-        return config
-
-    def _check_keep_rows(self, keep_rows, init_image) -> int:
-        grid = self.pipe.vqgan.config.grid_size
-        if isinstance(keep_rows, bool) or not isinstance(keep_rows, int) or not 0 <= keep_rows <= grid:
-            raise BadRequest(f"keep_rows={keep_rows!r} must be a whole number in 0..{grid} (rows of the "
-                             f"{grid}x{grid} code grid kept from the image)")
-        if keep_rows and init_image is None:
-            raise BadRequest(f"keep_rows={keep_rows} needs an image to complete")
-        return keep_rows
+    def withdraw_if_late(self, job: Job) -> bool:
+        """Answer a job that has waited past the timeout and has not started; True if it was withdrawn."""
+        timeout = self.settings.timeout
+        if timeout is None or time.monotonic() - job.submitted < timeout:
+            return False
+        with self._cond:
+            if job not in self._waiting:
+                return False
+            self._waiting.remove(job)
+        job.put(("error", WaitedTooLong(f"the request waited {timeout:g} s in the queue without starting "
+                                        "(--timeout); try again when the server is less busy")))
+        return True
 
     def position(self, job: Job) -> int:
         """0 while the job runs (or is done), else how many jobs wait before it, plus one."""
-        with self._cond:
+        with self._cond:  # held only while a batch is formed, never while one runs
             return self._waiting.index(job) + 1 if job in self._waiting else 0
 
     @property
     def waiting(self) -> int:
-        with self._cond:
-            return len(self._waiting)
+        return len(self._waiting)
 
-    def close(self) -> None:
+    def drain(self) -> None:
+        """Stop taking requests, answer every waiting one with `ShuttingDown`, let the running batch finish,
+        and return when the worker has stopped."""
         with self._cond:
-            self._stopped = True
+            self._stopping = True
+            waiting, self._waiting = self._waiting, []
             self._cond.notify_all()
-        self._thread.join(timeout=60)
+        for job in waiting:
+            job.put(("error", ShuttingDown("the server is shutting down: this request had not started; "
+                                           "send it again when the server is back")))
+        self._thread.join()
+
+    close = drain
+
+    async def outcome(self, job: Job) -> list[PromptImages]:
+        """The job's results, awaited on the event loop; a job still waiting past the timeout is withdrawn
+        (`WaitedTooLong`). Raises what failed it."""
+        final = asyncio.ensure_future(job.final())
+        timeout = self.settings.timeout
+        while timeout is not None:
+            left = timeout - (time.monotonic() - job.submitted)
+            done, _ = await asyncio.wait({final}, timeout=max(left, 0.0) + 0.01)
+            if done or self.withdraw_if_late(job) or self.position(job) == 0:
+                break
+        event = await final
+        if event[0] == "error":
+            raise event[1]
+        return event[1]
 
     # --- the worker ------------------------------------------------------------------------------------
 
@@ -205,36 +245,50 @@ class Batcher:
                 return
             try:
                 self._run(batch)
-            except Exception as e:  # a failed batch fails its jobs, never the server
-                self._finish(batch, [("error", e)] * len(batch))
+            except Exception as e:  # noqa: BLE001  (a failed batch fails its jobs, never the server)
+                self._isolate(batch, e)
+            finally:
+                with self._cond:
+                    self.running = 0
+                    demand = batch + self._waiting
+                    self._window.batch_ended(len(demand), sum(j.images for j in demand), time.monotonic())
+
+    def _isolate(self, batch: list[Job], error: Exception) -> None:
+        """Run each member of a failed batch alone, so that only the faulty one fails."""
+        if len(batch) == 1:
+            self._finish(batch, [("error", _failed(error))])
+            return
+        for job in batch:
+            try:
+                self._run([job])
+            except Exception as e:  # noqa: BLE001
+                self._finish([job], [("error", _failed(e))])
 
     def _finish(self, batch: list[Job], events: list[tuple]) -> None:
         """Count the jobs done before telling them, so a job that has its result sees itself counted."""
-        with self._cond:
-            self._running = []
-            self.jobs_done += len(batch)
+        self.jobs_done += len(batch)
         for job, event in zip(batch, events):
-            job.events.put(event)
+            job.put(event)
 
     def _next_batch(self) -> Optional[list[Job]]:
-        """Wait for a job, then up to `wait` seconds after its arrival for others to merge with it."""
+        """Wait for a job, then for others to merge with it as long as the batch window says."""
         with self._cond:
-            while not self._waiting and not self._stopped:
+            while not self._waiting and not self._stopping:
                 self._cond.wait()
-            if self._stopped:
-                for job in self._waiting:
-                    job.events.put(("error", BadRequest("the server is shutting down", status=503)))
+            if self._stopping:
                 return None
             first = self._waiting[0]
-            while not self._stopped:
+            while not self._stopping:
                 batch = self._compatible(first)
-                left = first.submitted + self.wait - time.monotonic()
-                if left <= 0 or sum(j.images for j in batch) >= self.batch_images:
+                left = self._window.left(first.submitted, sum(j.images for j in batch), time.monotonic())
+                if left <= 0:
                     break
                 self._cond.wait(timeout=left)
+            if self._stopping:
+                return None
             batch = self._compatible(first)
             self._waiting = [j for j in self._waiting if j not in batch]
-            self._running = batch
+            self.running = len(batch)
             return batch
 
     def _compatible(self, first: Job) -> list[Job]:
@@ -246,26 +300,45 @@ class Batcher:
         return batch
 
     def _run(self, batch: list[Job]) -> None:
+        start = time.monotonic()
         prompts = [p for job in batch for p in job.prompts]
-        device = self.pipe.device
-        generators = [(seeded_generator(job.config.seed, device), job.images) for job in batch]
+        generators = [(seeded_generator(job.config.seed, self.pipe.device), job.images) for job in batch]
         keep_rows = batch[0].keep_rows
         images = [job.init_image for job in batch for _ in job.prompts] if keep_rows else None
-        every = self.every if any(job.stream for job in batch) else None
+        every = self.settings.every if any(job.stream for job in batch) else None
         length = self.pipe.model.config.image_length
         self.sampler_calls += 1
         for written, results in self.pipe.stream(prompts, batch[0].config, every=every, generator=generators,
                                                  init_image=images, keep_rows=keep_rows):
-            start, shares = 0, []
-            for job in batch:  # each job's share, named with its own seed and settings
-                shares.append([dataclasses.replace(r, seed=job.config.seed, settings=job.config)
-                               for r in results[start:start + len(job.prompts)]])
-                start += len(job.prompts)
-            if written == length:
-                for job, mine in zip(batch, shares):
-                    job.results = mine
-                self._finish(batch, [("done", mine) for mine in shares])
-            else:
+            shares = _shares(batch, results)
+            if written < length:
                 for job, mine in zip(batch, shares):
                     if job.stream:
-                        job.events.put(("partial", written, mine))
+                        job.put(("partial", written, mine))
+                continue
+            seconds = time.monotonic() - start
+            self._batch_seconds = seconds if not self._batch_seconds else (
+                0.8 * self._batch_seconds + 0.2 * seconds)
+            if self.on_batch is not None:
+                self.on_batch(sum(j.images for j in batch), seconds)
+            for job, mine in zip(batch, shares):
+                job.results = mine
+            self._finish(batch, [("done", mine) for mine in shares])
+
+
+def _failed(error: Exception) -> GenerationFailed:
+    failed = GenerationFailed(f"generating failed: {type(error).__name__}: {error}")
+    failed.__cause__ = error
+    return failed
+
+
+def _shares(batch: list[Job], results: list[PromptImages]) -> list[list[PromptImages]]:
+    """Each job's results, named with its own prompts, seed and settings: what `pipe(job.prompts,
+    seed=job.config.seed)` alone gives."""
+    shares, start = [], 0
+    for job in batch:
+        shares.append([dataclasses.replace(r, seed=job.config.seed, settings=job.config,
+                                           call_prompts=job.prompts, index=i)
+                       for i, r in enumerate(results[start:start + len(job.prompts)])])
+        start += len(job.prompts)
+    return shares

@@ -1,99 +1,75 @@
-"""The demo's server: a FastAPI app with the HTTP API (`POST /api/generate`, `GET /health`) and the Gradio UI
-mounted at `/`, both feeding one `Batcher`.
+"""The demo's server: one FastAPI app holding the project's API (`api.py`), the OpenAI Images API
+(`openai_api.py`), `/metrics`, and the Gradio page mounted at `/`, all feeding one `Batcher`, behind the
+checks every request passes first (outermost first): metrics, the Host header, CORS (only the
+`cors_origins` given; Gradio's own rule would trust every localhost origin with credentials), the API key,
+the shutdown gate, the body bound.
 
-    curl -s localhost:7860/api/generate -H 'content-type: application/json' \\
-         -d '{"prompts": ["a red circle"], "options": {"num_images": 4, "seed": 0}}'
-
-A request is JSON: `prompts` (or one `prompt`), `options` (any `GenerationConfig` field: num_images, top_k,
-top_p, min_p, temperature, condition_scale, seed), and for completion `init_image` (base64 PNG/JPEG/WebP,
-resized and centre-cropped to the VQGAN's resolution as the data encoder does) with `keep_rows`. The
-answer holds, per prompt, the images best first as base64 PNGs (prompt, seed and settings in their text
-chunks) with their CLIP scores, and the seed and settings used. A bad request gets a 4xx naming the reason.
+Its files (the page's images and uploads) live in one temporary folder, removed when the app closes.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Optional
 
-from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
-from ..pipeline import DalleMiniPipeline, PromptImages
-from ..png_metadata import png_bytes
-from .jobs import BadRequest, Batcher, ServerSettings, decode_image
-
-
-class GenerateRequest(BaseModel):
-    prompts: Optional[list[str]] = None
-    prompt: Optional[str] = None
-    options: dict = {}
-    init_image: Optional[str] = None
-    keep_rows: int = 0
-
-
-def result_json(result: PromptImages) -> dict:
-    scores = result.scores or [None] * len(result.images)
-    return {"prompt": result.prompt, "seed": result.seed, "settings": result.settings.to_dict(),
-            "keep_rows": result.keep_rows,
-            "images": [{"png": base64.b64encode(png_bytes(image, result.metadata(i))).decode(),
-                        "score": scores[i], "sample": result.order[i]}
-                       for i, image in enumerate(result.images)]}
-
-
-def add_api(app: FastAPI, batcher: Batcher, settings: ServerSettings) -> None:
-    resolution = batcher.pipe.vqgan.config.resolution
-
-    @app.exception_handler(BadRequest)
-    async def bad_request(request: Request, e: BadRequest):
-        return JSONResponse({"detail": str(e)}, status_code=e.status)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_image_bytes * 2:
-            return JSONResponse({"detail": f"request body over {settings.max_image_bytes * 2} bytes"},
-                                status_code=413)
-        return await call_next(request)
-
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "waiting": batcher.waiting, "sampler_calls": batcher.sampler_calls,
-                "jobs_done": batcher.jobs_done, "batch_images": batcher.batch_images}
-
-    @app.post("/api/generate")
-    async def generate(body: GenerateRequest) -> dict:
-        if body.prompts is not None and body.prompt is not None:
-            raise BadRequest("give `prompts` (a list) or `prompt`, not both")
-        prompts = body.prompts if body.prompts is not None else body.prompt
-        image = None
-        if body.init_image is not None:
-            image = await run_in_threadpool(decode_image, body.init_image, resolution, settings)
-        job = batcher.submit(prompts, body.options, init_image=image, keep_rows=body.keep_rows)
-        results = await run_in_threadpool(job.result)
-        return {"results": [result_json(r) for r in results]}
+from ..pipeline import DalleMiniPipeline
+from .access import HostCheck, KeyCheck
+from .api import add_api
+from .body_limit import BodyLimit
+from .http_errors import add_error_handlers
+from .jobs import Batcher
+from .metrics import Metrics, RequestMetrics
+from .openai_api import add_openai_api
+from .settings import ServerSettings
+from .shutdown import DrainGate, Draining
 
 
 def create_app(pipe: DalleMiniPipeline, settings: Optional[ServerSettings] = None,
                ui: bool = True) -> FastAPI:
-    """The whole server; `ui=False` leaves the Gradio page out (the API alone)."""
+    """The whole server; `ui=False` leaves the Gradio page out (the APIs alone). `app.state.close()` stops
+    the batcher and removes the app's files (the lifespan's end runs it too)."""
     settings = settings or ServerSettings()
-    batcher = Batcher(pipe, settings.batch_images, settings.wait, settings.every)
+    metrics = Metrics()
+    batcher = Batcher(pipe, settings, on_batch=metrics.batch_done)
+    metrics.watch(batcher)
+    files = Path(tempfile.mkdtemp(prefix="dalle_mini_pt_app_"))
+    draining = Draining()
+
+    def close() -> None:
+        batcher.drain()
+        shutil.rmtree(files, ignore_errors=True)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        for close in app.state.on_close:
-            close()
+        close()
 
     app = FastAPI(title="dalle-mini-pt", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
-    app.state.batcher, app.state.on_close = batcher, [batcher.close]
-    add_api(app, batcher, settings)
+    app.state.batcher, app.state.draining, app.state.files, app.state.close = batcher, draining, files, close
+    fields: dict[str, list[str]] = {}
+    add_api(app, batcher, draining, fields)
+    app.state.image_store = add_openai_api(app, batcher, fields)
+    metrics.add_route(app)
+    add_error_handlers(app, fields)
     if ui:
+        # Gradio puts its cache (uploads, the gallery's images) where this says, read as it is imported
+        os.environ["GRADIO_TEMP_DIR"] = str(files / "gradio")
         from .ui import mount_ui  # gradio is imported only for the page
 
-        app = mount_ui(app, batcher, settings)
+        app = mount_ui(app, batcher, files / "downloads")
+    # add_middleware puts each in front of those added before it
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(DrainGate, state=draining)
+    app.add_middleware(KeyCheck, key=settings.api_key)
+    app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                       allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"])
+    app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
+    app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -3,15 +3,16 @@ to complete, and a gallery that fills in row by row while the batcher samples an
 image captioned with its score and downloadable as a PNG that carries its prompt, seed and settings.
 
 Nothing is fetched from outside: system fonts (no web fonts), analytics off (set before gradio is imported,
-by `python -m dalle_mini_pt.app`), no share link.
+by `python -m dalle_mini_pt.app`), no share link. Its files (uploads, the gallery's images as they are drawn,
+the downloads) stay in the app's temporary folder, pruned after an hour and removed when the app closes.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -20,7 +21,11 @@ import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
 from ..png_metadata import save_png  # noqa: E402
-from .jobs import BadRequest, Batcher, Job, ServerSettings, decode_image  # noqa: E402
+from ..request_checks import read_init_image  # noqa: E402
+from .http_errors import failure_of  # noqa: E402
+from .jobs import Batcher, Job  # noqa: E402
+
+CACHE_PRUNING = (600, 3600)  # every 10 minutes, the page's files older than an hour go
 
 THEME = gr.themes.Base(font=["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
                        font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"])
@@ -30,9 +35,16 @@ CSS = "#gallery img { image-rendering: pixelated; }"  # small images enlarged st
 class Page:
     """The page's one event handler and what it needs: the batcher, and a folder for the PNGs it serves."""
 
-    def __init__(self, batcher: Batcher, settings: ServerSettings):
-        self.batcher, self.settings = batcher, settings
-        self.files = Path(tempfile.mkdtemp(prefix="dalle_mini_pt_app_"))
+    def __init__(self, batcher: Batcher, files: Path):
+        self.batcher, self.settings, self.files = batcher, batcher.settings, files
+
+    def prune(self) -> None:
+        """The downloads of runs older than Gradio's own pruning age go (a folder per run)."""
+        self.files.mkdir(parents=True, exist_ok=True)
+        old = time.time() - CACHE_PRUNING[1]
+        for folder in self.files.iterdir():
+            if folder.stat().st_mtime < old:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def options(self, num_images, seed, top_k, top_p, temperature, condition_scale) -> dict:
         """The widgets -> GenerationConfig fields (top-k 0 and top-p 1 are off; seed -1 is a random one)."""
@@ -43,10 +55,9 @@ class Page:
 
     def submit(self, prompt, num_images, seed, top_k, top_p, temperature, condition_scale, image, keep_rows):
         fitted, keep_rows = None, int(keep_rows or 0)
-        if image is not None and keep_rows:
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            fitted = decode_image(buffer.getvalue(), self.batcher.pipe.vqgan.config.resolution, self.settings)
+        if image is not None and keep_rows:  # the upload's bytes (Gradio bounds them), checked first
+            fitted = read_init_image(Path(image).read_bytes(), self.batcher.pipe.vqgan.config.resolution,
+                                     self.settings.image)
         options = self.options(num_images, seed, top_k, top_p, temperature, condition_scale)
         return self.batcher.submit([prompt or ""], options, init_image=fitted,
                                    keep_rows=keep_rows if fitted is not None else 0, stream=True)
@@ -56,12 +67,13 @@ class Page:
         images with their scores and the PNG downloads."""
         try:
             job = self.submit(*inputs)
-        except BadRequest as e:
-            raise gr.Error(str(e)) from None
+        except Exception as e:  # noqa: BLE001  (each shown on the page as the API would say it)
+            raise gr.Error(failure_of(e).message) from None
         length = self.batcher.pipe.model.config.image_length
         while True:
             event = job.next_event(timeout=0.25)
             if event is None:
+                self.batcher.withdraw_if_late(job)
                 position = self.batcher.position(job)
                 status = (f"In the queue: {position - 1} request(s) ahead of yours" if position
                           else "Starting…")
@@ -71,12 +83,13 @@ class Page:
                 yield ([(image, "drawing…") for image in result.images],
                        f"Drawing: {event[1]} of {length} codes (seed {job.config.seed})", gr.skip())
             elif event[0] == "error":
-                raise gr.Error(str(event[1]))
+                raise gr.Error(failure_of(event[1]).message)
             else:
                 yield self.finished(job, event[1][0])
                 return
 
     def finished(self, job: Job, result):
+        self.prune()
         folder = Path(tempfile.mkdtemp(dir=self.files))  # one per run: several run at once
         paths = [str(save_png(image, folder / f"seed{job.config.seed}-{i + 1}.png", result.metadata(i)))
                  for i, image in enumerate(result.images)]
@@ -87,10 +100,10 @@ class Page:
         return list(zip(paths, captions)), status, paths
 
 
-def build_blocks(batcher: Batcher, settings: ServerSettings) -> tuple[gr.Blocks, Page]:
-    page = Page(batcher, settings)
+def build_blocks(batcher: Batcher, files: Path) -> tuple[gr.Blocks, Page]:
+    page = Page(batcher, files)
     defaults, grid = batcher.pipe.generation_config, batcher.pipe.vqgan.config.grid_size
-    with gr.Blocks(title="dalle-mini-pt", analytics_enabled=False) as blocks:
+    with gr.Blocks(title="dalle-mini-pt", analytics_enabled=False, delete_cache=CACHE_PRUNING) as blocks:
         gr.Markdown("## dalle-mini-pt\nType a prompt; the images appear row by row as they are drawn, then "
                     "are ranked by CLIP.")
         with gr.Row():
@@ -112,7 +125,7 @@ def build_blocks(batcher: Batcher, settings: ServerSettings) -> tuple[gr.Blocks,
                                   label="condition scale (1: off)")
         with gr.Accordion("Complete an image", open=False):
             with gr.Row():
-                image = gr.Image(type="pil", label="Image (its top rows are kept)", sources=["upload"])
+                image = gr.Image(type="filepath", label="Image (its top rows are kept)", sources=["upload"])
                 keep_rows = gr.Slider(0, grid, value=grid // 2, step=1, label=f"Code rows kept (of {grid})")
         status = gr.Markdown(elem_id="status")
         gallery = gr.Gallery(label="Images", columns=4, object_fit="contain", height="auto", format="png",
@@ -122,13 +135,14 @@ def build_blocks(batcher: Batcher, settings: ServerSettings) -> tuple[gr.Blocks,
         button.click(page.run, inputs, [gallery, status, files], api_name="generate")
         prompt.submit(page.run, inputs, [gallery, status, files], api_name=False)
     # as many page requests as one batch holds reach the batcher at once, so they can merge; Gradio's own
-    # queue (with its position shown) holds the rest
-    blocks.queue(default_concurrency_limit=batcher.batch_images)
+    # queue (with its position shown) holds the rest, as many as the batcher's
+    blocks.queue(default_concurrency_limit=batcher.batch_images, max_size=batcher.settings.max_queue)
     return blocks, page
 
 
-def mount_ui(app: FastAPI, batcher: Batcher, settings: ServerSettings) -> FastAPI:
-    blocks, page = build_blocks(batcher, settings)
-    app.state.on_close.append(lambda: shutil.rmtree(page.files, ignore_errors=True))
+def mount_ui(app: FastAPI, batcher: Batcher, files: Path) -> FastAPI:
+    """The page at /, with its downloads in `files`."""
+    blocks, page = build_blocks(batcher, files)
     return gr.mount_gradio_app(app, blocks, path="/", theme=THEME, css=CSS, ssr_mode=False,
-                               allowed_paths=[str(page.files)], footer_links=["api"])
+                               allowed_paths=[str(page.files)], footer_links=["api"],
+                               max_file_size=batcher.settings.image.max_bytes)
