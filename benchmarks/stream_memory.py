@@ -14,7 +14,8 @@ figure is what reading costs, not the imports. Rows:
   shuffle buffer and tokenises every batch; with a buffer of 1 row the figure is what reading alone holds
   (pyarrow's decoder and allocator), and a larger buffer adds the rows it holds.
 
-Memory does not depend on the machine's load, so these figures can be measured anywhere.
+Memory does not depend on the machine's load, so these figures can be measured anywhere; rows/s (read,
+shuffled and tokenised in one process) does, and wants a quiet machine.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,12 +78,13 @@ def measure_stream(shard: Path, tokenizer: Path, shuffle_buffer: int, batch_size
                              shuffle_buffer=shuffle_buffer, num_workers=0)
     dm.setup("fit")
     loader = dm.train_dataloader()
-    base, seen = _reset_peak(), 0
+    base, seen, start = _reset_peak(), 0, time.perf_counter()
     for i, batch in enumerate(loader):
         seen += len(batch["labels"])
         if batches and i + 1 >= batches:
             break
-    return {"rows": seen, "base_mib": base, "peak_mib": _status("VmHWM")}
+    return {"rows": seen, "base_mib": base, "peak_mib": _status("VmHWM"),
+            "rows_per_s": seen / (time.perf_counter() - start)}
 
 
 def _child(args: argparse.Namespace) -> dict:
@@ -114,12 +117,12 @@ def table(args: argparse.Namespace) -> dict:
         streams = {b: _run_child("stream", shard, tiny / "tokenizer", args, b) for b in args.shuffle_buffers}
     codes_mib = args.rows * IMAGE_LENGTH * 8 / MIB
     lines = [f"| one shard: {args.rows} rows in {meta.num_row_groups} row group ({codes_mib:.0f} MiB of "
-             "int64 codes) | rows read | peak RSS above the start |", "|---|---|---|",
+             "int64 codes) | rows read | peak RSS above the start | rows/s |", "|---|---|---|---|",
              f"| `read_row_group`: the whole group at once | {whole['rows']} | "
-             f"{whole['above_mib']:.0f} MiB |"]
+             f"{whole['above_mib']:.0f} MiB | |"]
     for buffer, r in streams.items():
         lines.append(f"| `StreamingDataModule`, shuffle buffer {buffer}, batch {args.batch_size} | "
-                     f"{r['rows']} | {r['above_mib']:.0f} MiB |")
+                     f"{r['rows']} | {r['above_mib']:.0f} MiB | {r['rows_per_s']:.0f} |")
     print("\n".join(lines))
     print(f"(the streaming process's whole peak RSS, imports included: "
           f"{max(r['peak_mib'] for r in streams.values()):.0f} MiB)")
