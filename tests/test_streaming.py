@@ -242,17 +242,18 @@ def test_resume_point_continues_the_round_robin(counts):
     (96, 2, 2, 5, False), (97, 3, 2, 4, True), (50, 1, 3, 7, False), (10, 4, 2, 4, False)])
 def test_plans_split_an_epoch_without_overlap(n, world, workers, batch, drop_last):
     from dalle_mini_pt.data.stream_plan import rank_batch_counts, worker_plan
+    from dalle_mini_pt.data.stream_spec import StreamSpec
 
     counts = np.array([7] * (n // 7) + [n % 7])
     seen = []
     for rank in range(world):
+        spec = StreamSpec(image_length=L, codebook_size=V, batch_size=batch, num_workers=workers, seed=1,
+                          shuffle=True, shuffle_buffer=8, drop_last=drop_last, rank=rank, world_size=world)
         for worker in range(workers):
-            plan = worker_plan(counts, seed=1, epoch=2, rank=rank, world_size=world, worker=worker,
-                               num_workers=workers, batch_size=batch, drop_last=drop_last, shuffle=True,
-                               buffer_size=8)
+            plan = worker_plan(counts, spec, epoch=2, worker=worker)
             assert sorted(plan.order.tolist()) == list(range(len(plan.order)))
             seen += [(s.chunk, k) for s in plan.segments for k in range(s.lo, s.hi)]
-        assert len(rank_batch_counts(n, world, batch, workers, drop_last)) == workers
+        assert len(rank_batch_counts(n, spec)) == workers
     per_rank = n // world
     expected = world * (per_rank if not drop_last else per_rank // batch * batch)
     assert len(seen) == len(set(seen)) == expected

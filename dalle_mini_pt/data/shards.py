@@ -1,8 +1,9 @@
-"""Encoded parquet shards: finding them, checking them, and an index of their row groups.
+"""Encoded parquet shards: finding them, opening them for streaming, and checking what they hold.
 
 A shard holds a `caption` string column and an `encoding` list column of `image_length` VQGAN code ids
 (row-major), the reference's format, plus any passthrough columns (key, clip_score, ...). Files may be local
-paths or fsspec URLs (`s3://bucket/train/*.parquet`, `gs://...`); globs and directories are expanded.
+paths or fsspec URLs (`s3://bucket/train/*.parquet`, `gs://...`, `hf://datasets/ORG/NAME/...`,
+`http://host/dir/*.parquet` where the server lists the directory); globs and directories are expanded.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import fsspec
@@ -23,6 +23,12 @@ Files = Union[str, Sequence[str]]
 # the schema-metadata key under which the encoder tool records its run (VQGAN size, pixel range, items)
 META_KEY = b"dalle_mini_pt.encode"
 _GLOB_CHARS = "*?["
+# bytes pyarrow reads from a column chunk at a time when it streams a row group (see open_parquet)
+READ_BUFFER = 1 << 20
+# remote files (fsspec): aligned 2 MiB blocks, the last 4 kept. pyarrow reads the caption and the code
+# columns in turn, and fsspec's default single read-ahead buffer, dropped at each switch, fetched most of a
+# file twice; with a few blocks each column finds its own. Local files ignore these options.
+REMOTE_CACHE = {"cache_type": "blockcache", "block_size": 2 << 20, "cache_options": {"maxblocks": 4}}
 
 
 def _expand(pattern: str) -> list[str]:
@@ -32,6 +38,8 @@ def _expand(pattern: str) -> list[str]:
     local = "://" not in pattern
     if any(c in path for c in _GLOB_CHARS):
         paths = glob.glob(path) if local else fs.glob(path)
+    elif path.endswith(".parquet"):  # before isdir: over HTTP that would fetch the file to look for links
+        paths = [path] if fs.exists(path) else []
     elif fs.isdir(path):
         paths = fs.glob(path.rstrip("/") + "/*.parquet")
     else:
@@ -52,10 +60,14 @@ def resolve_files(files: Files, key: str) -> list[str]:
 
 
 def open_parquet(url: str) -> pq.ParquetFile:
-    """The file with its footer read; a file that is empty, cut off or not parquet fails naming itself."""
+    """The file with its footer read; a file that is empty, cut off or not parquet fails naming itself.
+
+    Opened for streaming: pyarrow's `pre_buffer` (its default) fetches a whole row group's column chunks
+    before decoding the first row; without it, column pages are read through a `READ_BUFFER`-sized buffer
+    as `iter_batches` decodes them, so reading a slice of a row group holds about that slice."""
     fs, path = fsspec.core.url_to_fs(url)
     try:
-        return pq.ParquetFile(fs.open(path, "rb"))
+        return pq.ParquetFile(fs.open(path, "rb", **REMOTE_CACHE), pre_buffer=False, buffer_size=READ_BUFFER)
     except (pa.ArrowException, OSError) as err:
         raise ValueError(f"{url}: not a readable parquet file ({type(err).__name__}: {err}); it is empty, "
                          "cut off or not parquet. Encode it again, or take it out of the file list") from None
@@ -134,85 +146,3 @@ def check_codes(path: str, encodings: Union[pa.Array, pa.ChunkedArray], image_le
                          f"(min {codes.min()}, max {codes.max()}); the shards were encoded with another "
                          "VQGAN or model.net.config.codebook_size is wrong")
     return codes
-
-
-@dataclass(frozen=True)
-class RowFilter:
-    """Keep rows whose CLIP score lies in [min_clip_score, max_clip_score] and whose `column == value`
-    (each part only when set), as the reference's `filter_function`."""
-
-    min_clip_score: Optional[float] = None
-    max_clip_score: Optional[float] = None
-    clip_score_column: str = "clip_score"
-    column: Optional[str] = None
-    value: object = None
-
-    @property
-    def columns(self) -> dict[str, str]:
-        """config key -> column this filter reads."""
-        used = {}
-        if self.min_clip_score is not None or self.max_clip_score is not None:
-            used["data.clip_score_column"] = self.clip_score_column
-        if self.column is not None:
-            used["data.filter_column"] = self.column
-        return used
-
-    def mask(self, table: pa.Table) -> Optional[np.ndarray]:
-        if not self.columns:
-            return None
-        keep = np.ones(table.num_rows, dtype=bool)
-        if self.columns.get("data.clip_score_column"):
-            score = table.column(self.clip_score_column).to_numpy(zero_copy_only=False).astype(np.float64)
-            keep &= ~np.isnan(score)  # a row without a score cannot pass a score filter
-            if self.min_clip_score is not None:
-                keep &= score >= self.min_clip_score
-            if self.max_clip_score is not None:
-                keep &= score <= self.max_clip_score
-        if self.column is not None:
-            keep &= np.asarray(table.column(self.column).to_pylist(), dtype=object) == self.value
-        return keep
-
-
-@dataclass
-class Chunk:
-    """One parquet row group: the unit that is shuffled, assigned to a rank and read at once."""
-
-    file: int
-    row_group: int
-    rows: Optional[np.ndarray]  # kept row indices within the row group; None = all of them
-    count: int  # rows kept
-
-
-class ShardIndex:
-    """Row-group sizes (from parquet footers) and filter results of a set of shards.
-
-    Built once in `setup`; workers get a copy. Only footers and filter columns are read here, so every rank
-    knows every chunk's kept-row count without reading the codes, which is what lets ranks split an epoch
-    into exactly equal parts. Every shard's footer and schema are checked on the way (the codes are checked
-    as they stream, naming file and row).
-    """
-
-    def __init__(self, files: list[str], key: str, row_filter: RowFilter, columns: dict[str, str],
-                 pixel_range: Optional[str] = None):
-        self.files, self.key = files, key
-        self.chunks: list[Chunk] = []
-        caption, encoding = columns["data.caption_column"], columns["data.encoding_column"]
-        for i, path in enumerate(files):
-            pf = open_parquet(path)
-            check_columns(pf.schema_arrow.names, path, {**columns, **row_filter.columns})
-            check_types(pf.schema_arrow, path, caption, encoding)
-            check_no_null_captions(pf, path, caption)
-            check_pixel_range(pf, path, pixel_range)
-            mask = row_filter.mask(pf.read(columns=list(set(row_filter.columns.values())))) \
-                if row_filter.columns else None
-            start = 0
-            for rg in range(pf.metadata.num_row_groups):
-                n = pf.metadata.row_group(rg).num_rows
-                rows = None if mask is None else np.flatnonzero(mask[start:start + n])
-                self.chunks.append(Chunk(i, rg, rows, n if rows is None else len(rows)))
-                start += n
-        self.counts = np.array([c.count for c in self.chunks], dtype=np.int64)
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.counts.sum())

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .stream_spec import StreamSpec
+
 # offsets for the independent random streams of one (seed, epoch, rank, worker)
 SHUFFLE_STREAM, BLANK_STREAM = 1, 2
 
@@ -109,20 +111,19 @@ def shuffle_buffer(n: int, buffer_size: int, rng: np.random.Generator) -> np.nda
     return np.asarray(out, dtype=np.int64)
 
 
-def worker_plan(counts: np.ndarray, *, seed: int, epoch: int, rank: int, world_size: int, worker: int,
-                num_workers: int, batch_size: int, drop_last: bool, shuffle: bool,
-                buffer_size: int) -> WorkerPlan:
-    r0, r1 = rank_range(int(counts.sum()), rank, world_size)
-    w0, w1 = worker_ranges(r1 - r0, batch_size, num_workers, drop_last)[worker]
-    segs = segments(chunk_order(len(counts), seed, epoch, shuffle), counts, r0 + w0, r0 + w1)
-    rng = np.random.default_rng([seed, epoch, rank, worker, SHUFFLE_STREAM])
-    order = shuffle_buffer(w1 - w0, buffer_size if shuffle else 1, rng)
-    return WorkerPlan(segs, order, batch_count(w1 - w0, batch_size, drop_last))
+def worker_plan(counts: np.ndarray, spec: StreamSpec, *, epoch: int, worker: int) -> WorkerPlan:
+    """The rows worker `worker` of rank `spec.rank` reads in `epoch`, where `counts` holds each chunk's
+    kept rows."""
+    r0, r1 = rank_range(int(counts.sum()), spec.rank, spec.world_size)
+    w0, w1 = worker_ranges(r1 - r0, spec.batch_size, spec.workers, spec.drop_last)[worker]
+    segs = segments(chunk_order(len(counts), spec.seed, epoch, spec.shuffle), counts, r0 + w0, r0 + w1)
+    rng = np.random.default_rng([spec.seed, epoch, spec.rank, worker, SHUFFLE_STREAM])
+    order = shuffle_buffer(w1 - w0, spec.shuffle_buffer if spec.shuffle else 1, rng)
+    return WorkerPlan(segs, order, batch_count(w1 - w0, spec.batch_size, spec.drop_last))
 
 
-def rank_batch_counts(total: int, world_size: int, batch_size: int, num_workers: int,
-                      drop_last: bool) -> list[int]:
+def rank_batch_counts(total: int, spec: StreamSpec) -> list[int]:
     """Batches each worker of a rank yields in one epoch (the same for every rank)."""
-    n = total // world_size
-    return [batch_count(b - a, batch_size, drop_last) for a, b in worker_ranges(n, batch_size, num_workers,
-                                                                                drop_last)]
+    n = total // spec.world_size
+    return [batch_count(b - a, spec.batch_size, spec.drop_last)
+            for a, b in worker_ranges(n, spec.batch_size, spec.workers, spec.drop_last)]

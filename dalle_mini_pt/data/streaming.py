@@ -2,15 +2,17 @@
 
     data=streaming data.train_files='data/encoded/train/*.parquet' data.tokenizer=PATH
 
-Ranks and workers split every epoch without overlap (see `stream_plan`); `state_dict` records the epoch and
-how many of its batches training consumed, and a run restored from a checkpoint continues from the next one.
-Validation reads its own files, unshuffled, with no blank captions.
+The config keys become one frozen `StreamSpec`, handed down to the stream and its plan. Ranks and workers
+split every epoch without overlap (see `stream_plan`); the shard index is built once per run, on global rank
+0, and sent to the other ranks (`index_sharing`). `state_dict` records the `StreamPosition` (the epoch and
+how many of its batches training consumed), and a run restored from a checkpoint continues from the next
+one. Validation reads its own files, unshuffled, with no blank captions.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -20,8 +22,12 @@ from torch.utils.data import DataLoader
 
 from ..text_normalizer import TextNormalizer
 from ..tokenizer import TextTokenizer
+from .index_sharing import Broadcast, built_once, torch_broadcast
+from .shard_index import RowFilter, ShardIndex
 from .shard_stream import ShardStream
-from .shards import Files, RowFilter, ShardIndex, check_codes, open_parquet, resolve_files
+from .shards import Files, resolve_files
+from .stream_position import StreamPosition
+from .stream_spec import StreamSpec
 
 # Lightning warns that a worker-sharded IterableDataset's __len__ may be wrong (ShardStream's is exact), and
 # that a loader without state_dict cannot resume mid-epoch (this DataModule's state_dict resumes it).
@@ -30,31 +36,21 @@ warnings.filterwarnings("ignore",
                         message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
-@dataclass
-class StreamPosition:
-    epoch: int = 0  # the epoch in progress (or the next to start)
-    batches: int = 0  # batches of that epoch handed out so far
-
-
 class StreamLoader(DataLoader):
-    """A DataLoader that starts each pass at the right epoch and sample: `epoch_fn` says which epoch begins
-    (the trainer's, when there is one); batches already consumed of that epoch are skipped."""
+    """A DataLoader that starts each pass at the right epoch and batch: `epoch_fn` says which epoch begins
+    (the trainer's, when there is one); the stream's position moves as batches are handed out."""
 
-    def __init__(self, stream: ShardStream, position: StreamPosition, epoch_fn, num_workers: int,
-                 pin_memory: bool = False):
-        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
-        self.position, self.epoch_fn = position, epoch_fn
+    def __init__(self, stream: ShardStream, epoch_fn, pin_memory: bool = False):
+        super().__init__(stream, batch_size=None, num_workers=stream.spec.num_workers, pin_memory=pin_memory)
+        self.epoch_fn = epoch_fn
 
     def __iter__(self):
-        epoch = self.epoch_fn()
-        if epoch != self.position.epoch:
-            self.position.epoch, self.position.batches = epoch, 0
-        # set before the workers start: each copies the dataset as it is now
-        self.dataset.start(epoch, self.position.batches)
+        position = self.dataset.position
+        position.begin(self.epoch_fn())  # before the workers start: each copies the position as it is now
         for batch in super().__iter__():
-            self.position.batches += 1
+            position.advance()
             yield batch
-        self.position.epoch, self.position.batches = epoch + 1, 0
+        position.finish()
 
 
 class StreamingDataModule(pl.LightningDataModule):
@@ -71,10 +67,10 @@ class StreamingDataModule(pl.LightningDataModule):
                  encoding_column: str = "encoding", rank: Optional[int] = None,
                  world_size: Optional[int] = None, vqgan_pixel_range: Optional[str] = None):
         super().__init__()
-        if not 0.0 <= blank_caption_prob <= 1.0:
-            raise ValueError(f"data.blank_caption_prob={blank_caption_prob} must be within [0, 1]")
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size={batch_size} must be >= 1")
+        self.spec = StreamSpec(image_length=image_length, codebook_size=codebook_size, batch_size=batch_size,
+                               num_workers=num_workers, seed=seed, shuffle_buffer=shuffle_buffer,
+                               drop_last=drop_last, blank_caption_prob=blank_caption_prob,
+                               caption_column=caption_column, encoding_column=encoding_column)
         if (filter_column is None) != (filter_value is None):
             raise ValueError("data.filter_column and data.filter_value go together: set both or neither")
         # resolved now so a missing shard or tokenizer fails before any model is built
@@ -87,10 +83,6 @@ class StreamingDataModule(pl.LightningDataModule):
         self.normalizer = TextNormalizer(word_frequency_path, seed=seed) if normalize_text else None
         self.row_filter = RowFilter(min_clip_score, max_clip_score, clip_score_column, filter_column,
                                     filter_value)
-        self.image_length, self.codebook_size = image_length, codebook_size
-        self.batch_size, self.num_workers, self.drop_last = batch_size, num_workers, drop_last
-        self.seed, self.shuffle_buffer, self.blank_caption_prob = seed, shuffle_buffer, blank_caption_prob
-        self.columns = {"data.caption_column": caption_column, "data.encoding_column": encoding_column}
         self.rank, self.world_size, self.vqgan_pixel_range = rank, world_size, vqgan_pixel_range
         self.position = StreamPosition()
         self.train_index: Optional[ShardIndex] = None
@@ -106,51 +98,47 @@ class StreamingDataModule(pl.LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
-    def _index(self, files: list[str], key: str, row_filter: RowFilter) -> ShardIndex:
-        try:
-            index = ShardIndex(files, key, row_filter, self.columns, self.vqgan_pixel_range)
-            # read one row group now, so shards of the wrong VQGAN or model fail before training starts
-            pf = open_parquet(files[0])
-            if pf.metadata.num_row_groups:
-                check_codes(files[0], pf.read_row_group(0, columns=[self.columns["data.encoding_column"]])
-                            .column(0), self.image_length, self.codebook_size)
-        except ValueError as err:
-            raise ValueError(f"{key}: {err}") from None
-        return index
+    def _broadcast(self) -> tuple[int, Optional[Broadcast]]:
+        """This process's global rank and the broadcast that reaches every process of the run (None: one
+        process, or ranks set by hand without a process group)."""
+        if self.trainer is not None and self.trainer.world_size > 1:
+            return self.trainer.global_rank, self.trainer.strategy.broadcast
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            return torch.distributed.get_rank(), torch_broadcast
+        return 0, None
 
-    def _nonempty(self, stream: ShardStream, key: str) -> ShardStream:
-        """Lightning runs an epoch of no batches without a word: refuse before the first step instead."""
-        if not len(stream):
-            filtered = " after the filters" if key == "data.train_files" and self.row_filter.columns else ""
-            raise ValueError(f"{key}: {stream.index.num_rows} rows{filtered} make no batch of "
-                             f"data.batch_size={self.batch_size} on {stream.world_size} device(s) "
-                             f"(data.drop_last={self.drop_last}), so nothing would be trained or measured. "
-                             "Lower data.batch_size or add rows")
-        return stream
+    def _index(self, files: list[str], key: str, spec: StreamSpec, row_filter: RowFilter) -> ShardIndex:
+        rank, broadcast = self._broadcast()
+        return built_once(lambda: ShardIndex.build(files, key, spec, row_filter, self.vqgan_pixel_range),
+                          rank, broadcast)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_index is None and self.train_files:
-            self.train_index = self._index(self.train_files, "data.train_files", self.row_filter)
+            self.train_index = self._index(self.train_files, "data.train_files", self.spec, self.row_filter)
         if self.val_index is None and self.val_files:
             # validation measures one fixed set; the training filters do not apply to it
-            self.val_index = self._index(self.val_files, "data.val_files", RowFilter())
+            self.val_index = self._index(self.val_files, "data.val_files", self.spec.for_validation(),
+                                         RowFilter())
 
-    def _stream(self, index: ShardIndex, train: bool) -> ShardStream:
-        rank, world_size = self._layout()
-        return ShardStream(
-            index, self.tokenizer, image_length=self.image_length, codebook_size=self.codebook_size,
-            batch_size=self.batch_size, rank=rank, world_size=world_size, num_workers=self.num_workers,
-            shuffle=train, seed=self.seed, shuffle_buffer=self.shuffle_buffer, drop_last=self.drop_last,
-            blank_caption_prob=self.blank_caption_prob if train else 0.0, normalizer=self.normalizer,
-            columns=(self.columns["data.caption_column"], self.columns["data.encoding_column"]))
+    def _stream(self, index: ShardIndex, key: str, train: bool) -> ShardStream:
+        spec = self.spec.placed(*self._layout())
+        stream = ShardStream(index, spec if train else spec.for_validation(), self.tokenizer, self.normalizer,
+                             self.position if train else None)
+        if not len(stream):  # Lightning runs an epoch of no batches without a word: refuse before the start
+            filtered = " after the filters" if train and self.row_filter.columns else ""
+            raise ValueError(f"{key}: {index.num_rows} rows{filtered} make no batch of "
+                             f"data.batch_size={spec.batch_size} on {spec.world_size} device(s) "
+                             f"(data.drop_last={spec.drop_last}), so nothing would be trained or measured. "
+                             "Lower data.batch_size or add rows")
+        return stream
 
     def train_dataloader(self) -> StreamLoader:
         if not self.train_files:
             raise ValueError("data.train_files is not set: point it at the encoded training shards")
         if self.train_index is None:
             self.setup("fit")
-        stream = self._nonempty(self._stream(self.train_index, train=True), "data.train_files")
-        return StreamLoader(stream, self.position, self._epoch, self.num_workers,
+        return StreamLoader(self._stream(self.train_index, "data.train_files", train=True), self._epoch,
                             pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self):
@@ -161,9 +149,8 @@ class StreamingDataModule(pl.LightningDataModule):
         # a plain loader: every pass reads the whole set from its start. (A StreamLoader resumes where the
         # last pass stopped, and Lightning stops after len() batches without exhausting the iterator, so
         # every second validation pass read nothing.)
-        stream = self._nonempty(self._stream(self.val_index, train=False), "data.val_files")
-        return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available())
+        return DataLoader(self._stream(self.val_index, "data.val_files", train=False), batch_size=None,
+                          num_workers=self.spec.num_workers, pin_memory=torch.cuda.is_available())
 
     def test_dataloader(self):
         """The validation shards, for `python -m dalle_mini_pt.eval` (the same batches validation reads)."""
@@ -178,8 +165,7 @@ class StreamingDataModule(pl.LightningDataModule):
         """Batches of the current epoch that training has used. Lightning fetches one batch ahead, so when a
         trainer runs the loop its count is the truth, not the loader's."""
         if self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
-            progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-            return progress.processed
+            return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return self.position.batches
 
     def state_dict(self) -> dict:
@@ -187,9 +173,8 @@ class StreamingDataModule(pl.LightningDataModule):
                 "layout": self._state_layout()}
 
     def _state_layout(self) -> dict:
-        rank, world_size = self._layout()
-        return {"world_size": world_size, "num_workers": self.num_workers, "batch_size": self.batch_size,
-                "seed": self.seed, "rows": self.train_index.num_rows if self.train_index else None}
+        return {**self.spec.placed(*self._layout()).resume_layout(),
+                "rows": self.train_index.num_rows if self.train_index else None}
 
     def load_state_dict(self, state: dict) -> None:
         saved, now = state.get("layout", {}), self._state_layout()
@@ -199,4 +184,4 @@ class StreamingDataModule(pl.LightningDataModule):
             raise ValueError(f"cannot resume the data stream mid-epoch: {changed} (saved, now) differ from "
                              "the checkpoint's run. Resume with the same data, batch_size, num_workers, seed "
                              "and devices, or resume from an end-of-epoch checkpoint.")
-        self.position = StreamPosition(int(state["epoch"]), int(state["batches"]))
+        self.position.restore(state["epoch"], state["batches"])
