@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
+from pytorch_lightning.callbacks import ModelCheckpoint
 from test_reliability import command, debug
 from torch import nn
 
@@ -113,6 +114,31 @@ def fit(module, x):
     with pytest.raises(TrainingDiverged) as err:
         trainer.fit(module, loader)
     return str(err.value)
+
+
+class Steep(pl.LightningModule):
+    """loss = 10 * sum(w): finite, with a finite gradient of 10, which SGD at lr 1e38 turns into a step of
+    1e39, beyond float32's 3.4e38."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3))
+
+    def training_step(self, batch, batch_idx):
+        return 10 * (self.w * batch["x"]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e38)
+
+
+def test_a_checkpoint_of_weights_an_update_overflowed_is_never_written(tmp_path):
+    saves = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
+    trainer = pl.Trainer(max_steps=3, callbacks=[DivergenceGuard(), saves], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    says = r"after step 1 the weights hold inf/NaN in w \(3 of 3 values\), though every loss and gradient"
+    with pytest.raises(TrainingDiverged, match=says):
+        trainer.fit(Steep(), torch.utils.data.DataLoader([{"x": torch.ones(3)}] * 8, batch_size=2))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_non_finite_gradient_or_batch_is_named():
