@@ -312,16 +312,9 @@ def test_prompts_that_are_not_strings_are_named(tiny_data):
 
 # --- issue 26: adapters that cannot learn ------------------------------------------------------------------
 
-def test_an_adapter_scaled_by_zero_is_refused_before_training(data_dir, tmp_path):
-    proc = command("dalle_mini_pt.train", "+experiment=debug", f"paths.data_dir={data_dir}",
-                   f"hydra.run.dir={tmp_path}", "model.lora={r: 2, alpha: 0}", "trainer.max_steps=5")
-    assert proc.returncode != 0
-    assert "model.lora.alpha=0: the adapters' output is scaled by alpha/r, so 0 gives them no gradient" in \
-        proc.stderr
-    assert not (tmp_path / "checkpoints").exists()
-
-
 @pytest.mark.parametrize("lora, says", [
+    ("{r: 2, alpha: 0}", r"model\.lora\.alpha=0: the adapters' output is scaled by alpha/r, so 0 gives "
+                         r"them no gradient"),
     ("{r: 0}", r"model\.lora\.r=0: the adapters' rank must be >= 1"),
     ("{r: 2.5}", r"model\.lora\.r=2\.5 is not a whole number"),
     ("{r: 2, alpha: -4}", r"model\.lora\.alpha=-4: .*negative"),

@@ -77,13 +77,13 @@ class DivergenceGuard(pl.Callback):
                              "(or null: every step, on XLA every logged step)")
         self.look_every_n_steps, self.check_gradients = look_every_n_steps, check_gradients
         self._record: dict[str, torch.Tensor] = {}
-        self.start_step = 0
+        self.start_step, self._looked_at = 0, -1
         self.saved_step: Optional[int] = None  # the last checkpoint this run wrote, checked finite
 
     # --- the record, kept on the device --------------------------------------------------------------
 
     def on_train_start(self, trainer, pl_module) -> None:
-        refuse_non_finite(pl_module.state_dict(), "the model at the start of training",
+        refuse_non_finite(weights_of(pl_module), "the model at the start of training",
                           "Start from finite weights (model.init_from, ckpt_path).")
         device, start = pl_module.device, trainer.global_step
         self.start_step = start
@@ -154,12 +154,14 @@ class DivergenceGuard(pl.Callback):
         if reading is not None:
             raise TrainingDiverged(self.explain(trainer, pl_module, reading, batch))
         if weights:
-            bad = non_finite_tensors(pl_module.state_dict())
+            bad = non_finite_tensors(weights_of(pl_module))
             if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
                 raise TrainingDiverged(self.weights_message(trainer, bad))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._due(trainer):
+        # micro-batches of an accumulating step share its global_step: one look per optimizer step
+        if self._due(trainer) and trainer.global_step != self._looked_at:
+            self._looked_at = trainer.global_step
             self.look(trainer, pl_module, batch)
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -217,6 +219,11 @@ class DivergenceGuard(pl.Callback):
             return (f"this run wrote no checkpoint before it; the one it resumed from, {trainer.ckpt_path}, "
                     "is untouched")
         return "this run wrote no checkpoint before it"
+
+
+def weights_of(pl_module) -> dict:
+    """The module's parameters as this rank holds them (an FSDP shard, not a gathered state dict)."""
+    return dict(pl_module.named_parameters())
 
 
 def current_lr(trainer) -> float:
