@@ -2,8 +2,8 @@
 with it and without it.
 
     python benchmarks/divergence_guard.py                          # the debug experiment's tiny model, CPU
-    python benchmarks/divergence_guard.py --steps 60 model=dalle_mini trainer=gpu data.batch_size=8 \\
-        data.text_length=64                                        # dalle-mini on a GPU (random weights)
+    python benchmarks/divergence_guard.py --steps 60 model=dalle_mini trainer=gpu data.batch_size=8
+        # dalle-mini on a GPU (random weights)
 
 The run is built as `python -m dalle_mini_pt.train +experiment=debug OVERRIDES` builds it, without
 validation, checkpoints, loggers or progress bar (whose own host reads would hide the guard's), on the tiny
