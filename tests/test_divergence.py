@@ -194,3 +194,16 @@ def test_a_sweep_in_which_every_trial_diverges_fails(data_dir, tmp_path):
     proc = sweep(data_dir, tmp_path, "1e30")
     assert proc.returncode != 0 and "No trials are completed yet" in proc.stdout + proc.stderr
     assert not (tmp_path / "optimization_results.yaml").exists()
+
+
+@pytest.mark.slow
+def test_a_diverging_ddp_run_stops_at_the_first_nan(data_dir, tmp_path):
+    """Two CPU ranks: each look gathers both records, so the ranks decide alike at the same step."""
+    proc = command("dalle_mini_pt.train", "+experiment=debug", "trainer=ddp", "trainer.accelerator=cpu",
+                   "trainer.devices=2", "trainer.precision=32-true", f"paths.data_dir={data_dir}",
+                   f"hydra.run.dir={tmp_path}", *DIVERGE, "trainer.max_steps=4",
+                   "callbacks.model_checkpoint.every_n_train_steps=1")
+    assert proc.returncode == 1
+    # rank 0 ends rank 1's process as it stops, which may cut rank 1's own message short
+    assert "training diverged: the loss of step 2 is nan" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt", "step_0000001.ckpt"]
