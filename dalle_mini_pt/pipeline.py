@@ -21,6 +21,7 @@ from .clip_scorer import ClipScorer
 from .component_specs import instantiate_component
 from .generation_config import GenerationConfig
 from .hub.files import TOKENIZER_FILES, Source, load_config_json, open_source, write_json
+from .hub.saving import saving_into
 from .image_grid import caption_grid, to_pil
 from .model import DalleBart
 from .pipeline_index import check_index
@@ -196,29 +197,30 @@ class DalleMiniPipeline:
         return cls(net, tokenizer, vqgan, clip, normalizer, index.get("decode_batch_size", 8),
                    GenerationConfig.from_dict(index["generation_config"]))
 
-    def save_pretrained(self, directory) -> Path:
+    def save_pretrained(self, directory, overwrite: bool = False) -> Path:
         """model/, tokenizer/, vqgan/, clip/ (if any), the word-frequency file (if any) and
-        model_index.json."""
-        directory = Path(directory)
-        self.model.save_pretrained(directory / "model")
-        self.tokenizer.save_pretrained(directory / "tokenizer")
-        self.vqgan.save_pretrained(directory / "vqgan")
-        if self.clip is not None:
-            self.clip.save_pretrained(directory / "clip")
-        normalizer = None
-        if self.normalizer is not None:
-            normalizer = {"seed": self.normalizer.seed, "word_frequency_file": None}
-            if self.normalizer.word_frequency_path:
-                words = Path(self.normalizer.word_frequency_path)
-                shutil.copyfile(words, directory / words.name)
-                normalizer["word_frequency_file"] = words.name
-        write_json(directory / INDEX_NAME, {
-            "_class_name": type(self).__name__, "library_name": "dalle_mini_pt", "model": "model",
-            "tokenizer": "tokenizer", "text_length": self.tokenizer.max_length, "vqgan": "vqgan",
-            "clip": "clip" if self.clip is not None else None, "text_normalizer": normalizer,
-            "decode_batch_size": self.decode_batch_size,
-            "generation_config": self.generation_config.to_dict()})
-        return directory
+        model_index.json. A folder that holds anything is refused unless `overwrite`, which replaces it
+        whole; the components appear together or not at all (`hub/saving.py`)."""
+        with saving_into(directory, overwrite) as tmp:
+            self.model.save_pretrained(tmp / "model")
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            self.vqgan.save_pretrained(tmp / "vqgan")
+            if self.clip is not None:
+                self.clip.save_pretrained(tmp / "clip")
+            normalizer = None
+            if self.normalizer is not None:
+                normalizer = {"seed": self.normalizer.seed, "word_frequency_file": None}
+                if self.normalizer.word_frequency_path:
+                    words = Path(self.normalizer.word_frequency_path)
+                    shutil.copyfile(words, tmp / words.name)
+                    normalizer["word_frequency_file"] = words.name
+            write_json(tmp / INDEX_NAME, {
+                "_class_name": type(self).__name__, "library_name": "dalle_mini_pt", "model": "model",
+                "tokenizer": "tokenizer", "text_length": self.tokenizer.max_length, "vqgan": "vqgan",
+                "clip": "clip" if self.clip is not None else None, "text_normalizer": normalizer,
+                "decode_batch_size": self.decode_batch_size,
+                "generation_config": self.generation_config.to_dict()})
+        return Path(directory)
 
     # --- generating ------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ Lightning imports it.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 from pathlib import Path
@@ -19,13 +20,17 @@ from typing import Optional
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from dalle_mini_pt.config import DalleBartConfig
 from dalle_mini_pt.config_dir import CONFIG_DIR
+from dalle_mini_pt.training.divergence import DivergenceGuard, TrainingDiverged
 from dalle_mini_pt.training.preflight import (
+    check_finite_options,
     check_learning_rate,
     check_resume,
     check_trainer_values,
@@ -52,8 +57,17 @@ def instantiate_group(group) -> list:
     return [instantiate(c) for c in (group or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+def guarded(callbacks: list) -> list:
+    """The callbacks with a `DivergenceGuard` first (the configured one, else a default one: a run without
+    `callbacks.divergence`, e.g. `callbacks=none`, is guarded too), so it looks before any other callback
+    acts on a step."""
+    guards = [c for c in callbacks if isinstance(c, DivergenceGuard)] or [DivergenceGuard()]
+    return guards + [c for c in callbacks if not isinstance(c, DivergenceGuard)]
+
+
 def build(cfg: DictConfig):
     """Instantiate data, model, callbacks, loggers and trainer from a composed config."""
+    check_finite_options(cfg)
     check_trainer_values(cfg.trainer)
     check_learning_rate(cfg.optimizer)
     datamodule = instantiate(cfg.data)
@@ -61,7 +75,7 @@ def build(cfg: DictConfig):
     check_compatible(datamodule, model)
     # a callback's own models (VQGAN, CLIP) must not shift training's RNG stream
     with torch.random.fork_rng():
-        callbacks = instantiate_group(cfg.get("callbacks"))
+        callbacks = guarded(instantiate_group(cfg.get("callbacks")))
     callbacks += rich_callbacks(callbacks, cfg.trainer)
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -103,17 +117,31 @@ def train(cfg: DictConfig) -> dict:
 
 
 def optimized_value(metrics: dict, name: Optional[str]) -> Optional[float]:
-    """The metric a sweep optimises (`optimized_metric`, e.g. val/loss), which `main` returns."""
+    """The metric a sweep optimises (`optimized_metric`, e.g. val/loss), which `main` returns; one that is
+    not a number fails the run (a sweep records the trial as failed, not as a value to rank)."""
     if not name:
         return None
     if name not in metrics:
         raise ValueError(f"optimized_metric={name} was not logged by this run; it logged {sorted(metrics)}")
+    if not math.isfinite(metrics[name]):
+        raise ValueError(f"optimized_metric={name} is {metrics[name]}: the weights stayed finite but the "
+                         "metric did not (a validation batch that overflows or holds inf/NaN)")
     return metrics[name]
+
+
+def in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> Optional[float]:
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except TrainingDiverged as err:
+        if in_sweep():  # the sweeper records the trial as failed and goes on to the next
+            raise
+        print(f"{err}\n(run directory: {cfg.paths.output_dir})", file=sys.stderr)
+        raise SystemExit(1) from None
     print("final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     return optimized_value(metrics, cfg.get("optimized_metric"))
 

@@ -308,3 +308,30 @@ def test_prompts_that_are_not_strings_are_named(tiny_data):
         pipe(None)
     with pytest.raises(TypeError, match="prompts must be strings; got int 3"):
         pipe(["a red square", 3])
+
+
+# --- issue 26: adapters that cannot learn ------------------------------------------------------------------
+
+@pytest.mark.parametrize("lora, says", [
+    ("{r: 2, alpha: 0}", r"model\.lora\.alpha=0: the adapters' output is scaled by alpha/r, so 0 gives "
+                         r"them no gradient"),
+    ("{r: 0}", r"model\.lora\.r=0: the adapters' rank must be >= 1"),
+    ("{r: 2.5}", r"model\.lora\.r=2\.5 is not a whole number"),
+    ("{r: 2, alpha: -4}", r"model\.lora\.alpha=-4: .*negative"),
+    ("{dropout: 1.0}", r"model\.lora\.dropout=1\.0 must be in \[0, 1\)"),
+    ("{targets: []}", r"model\.lora\.targets is empty"),
+    ("{targets: [q_proj, fc0]}", r"model\.lora\.targets \['fc0'\] match no layer of this model \(its "
+                                 r"projections are \['q_proj', 'k_proj', 'v_proj', 'out_proj', 'fc1', "
+                                 r"'fc2'\]"),
+])
+def test_adapters_that_cannot_learn_are_refused_with_the_reason(lora, says, data_dir, tmp_path):
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(InstantiationException, match=says):  # the 2021 architecture: no GLU, so no fc0
+        build(debug(data_dir, tmp_path, "model=tiny_2021", f"model.lora={lora}"))
+
+
+def test_default_adapters_go_on_the_projections_the_model_has(data_dir, tmp_path):
+    _, module, _ = build(debug(data_dir, tmp_path, "model=tiny_2021", "model.lora={r: 2}"))
+    assert module.lora.targets == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert any("fc1.lora_A" in name for name, _ in module.net.named_parameters())

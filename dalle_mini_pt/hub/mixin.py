@@ -31,6 +31,7 @@ from .files import (
     upload_folder,
     write_native,
 )
+from .saving import saving_into
 from .strict import build_strict
 
 # written into config.json for the hub and for humans; not fields of any config class
@@ -168,22 +169,24 @@ class HubMixin:
 
     # --- saving ----------------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory, *, dtype=None, repo_id: Optional[str] = None, **extras) -> Path:
-        """config.json + model.safetensors (in `dtype`; default as the class says) + a model card unless one
-        is there; `extras` are the component's own files (DalleBart: `tokenizer=`)."""
-        directory = Path(directory)
+    def save_pretrained(self, directory, *, dtype=None, repo_id: Optional[str] = None,
+                        overwrite: bool = False, **extras) -> Path:
+        """config.json + model.safetensors (in `dtype`; default as the class says) + a model card; `extras`
+        are the component's own files (DalleBart: `tokenizer=`). A folder that holds anything is refused
+        unless `overwrite`, which replaces it whole; the files appear together or not at all
+        (`hub/saving.py`)."""
         dtype = as_dtype(dtype) or self.save_dtype
         state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v)
                  for k, v in self.state_dict().items()}
         stored = str(next(iter(state.values())).dtype).removeprefix("torch.")
         config = {**self.config.to_dict(), "architectures": [type(self).__name__],
                   "library_name": "dalle_mini_pt", "torch_dtype": stored}
-        write_native(directory, config, state)
-        self.save_extras(directory, **extras)
-        card = directory / "README.md"
-        if not card.exists():
-            card.write_text(self.model_card(repo_id or directory.name, stored))
-        return directory
+        with saving_into(directory, overwrite) as tmp:
+            write_native(tmp, config, state)
+            self.save_extras(tmp, **extras)
+            if not (tmp / "README.md").exists():  # an extra may bring its own card
+                (tmp / "README.md").write_text(self.model_card(repo_id or Path(directory).name, stored))
+        return Path(directory)
 
     def save_extras(self, directory: Path, **extras) -> None:
         if extras:

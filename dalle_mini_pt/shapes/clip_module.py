@@ -11,17 +11,20 @@ import torch
 from open_clip.loss import ClipLoss
 
 from ..clip_scorer import ClipScorer
+from ..hub.saving import check_target
 from ..training.optimization import lightning_optimizers
 
 
 class ClipModule(pl.LightningModule):
     def __init__(self, scorer: ClipScorer, optimizer: Callable, scheduler: Optional[Callable] = None,
-                 save_dir: Optional[str] = None):
+                 save_dir: Optional[str] = None, overwrite: bool = False):
         super().__init__()
+        if save_dir:  # refused now, not after the training it would have saved
+            check_target(save_dir, overwrite, "model.overwrite=true")
         # a scorer is built for inference (eval mode); Lightning keeps module modes
         self.scorer = scorer.train()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.save_dir = save_dir
+        self.save_dir, self.overwrite = save_dir, overwrite
         self.contrastive = ClipLoss()
 
     def _features(self, batch: dict):
@@ -52,4 +55,4 @@ class ClipModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         if self.save_dir and self.trainer.is_global_zero:
-            self.scorer.save_pretrained(Path(self.save_dir))
+            self.scorer.save_pretrained(Path(self.save_dir), overwrite=self.overwrite)

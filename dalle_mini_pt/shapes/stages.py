@@ -64,12 +64,15 @@ def train_spec(overrides) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from ..training.preflight import check_finite_options
+
     overrides = list(overrides)
     if GlobalHydra.instance().is_initialized():  # inside this module's @hydra.main
         cfg = compose("train", overrides=overrides)
     else:  # called from Python, e.g. notebooks/train.ipynb
         with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
             cfg = compose("train", overrides=overrides)
+    check_finite_options(cfg, f"the stage {' '.join(overrides)}: ")  # before any stage runs
     return {"overrides": overrides, "config": OmegaConf.to_yaml(cfg)}
 
 
@@ -102,6 +105,9 @@ def make_data(stage: Stage, cfg: DictConfig, vqgan_dir: Path) -> None:
 
 
 def run_pipeline(cfg: DictConfig) -> list[Stage]:
+    from ..training.preflight import check_finite_options
+
+    check_finite_options(cfg)
     out = Path(cfg.out_dir).resolve()
     vqgan = Stage(out, "vqgan", train_spec(cfg.stages.vqgan))
     data = Stage(out, "data", {"n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed,

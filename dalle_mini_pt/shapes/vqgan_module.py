@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from ..hub.saving import check_target
 from ..training.optimization import lightning_optimizers
 from ..vqgan import VQGAN
 
@@ -33,8 +34,10 @@ class VQGANModule(pl.LightningModule):
 
     def __init__(self, vqgan: VQGAN, optimizer: Callable, scheduler: Optional[Callable] = None,
                  codebook_weight: float = 1.0, recon_loss: str = "l2", restart_every: int = 50,
-                 save_dir: Optional[str] = None):
+                 save_dir: Optional[str] = None, overwrite: bool = False):
         super().__init__()
+        if save_dir:  # refused now, not after the training it would have saved
+            check_target(save_dir, overwrite, "model.overwrite=true")
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"model.recon_loss={recon_loss!r} is unknown; use one of {sorted(RECON_LOSSES)}")
         if restart_every < 0:
@@ -42,7 +45,7 @@ class VQGANModule(pl.LightningModule):
         self.vqgan = vqgan
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.codebook_weight, self.recon_loss = codebook_weight, RECON_LOSSES[recon_loss]
-        self.restart_every, self.save_dir = restart_every, save_dir
+        self.restart_every, self.save_dir, self.overwrite = restart_every, save_dir, overwrite
         n_embed = vqgan.config.n_embed
         # not persistent: the counts only span one restart interval, and the VQGAN's own state dict stays
         # taming's
@@ -104,4 +107,4 @@ class VQGANModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         if self.save_dir and self.trainer.is_global_zero:
-            self.vqgan.save_pretrained(Path(self.save_dir))
+            self.vqgan.save_pretrained(Path(self.save_dir), overwrite=self.overwrite)

@@ -11,6 +11,7 @@ import torch
 from ..config import DalleBartConfig
 from ..hub.lightning import CONFIG_KEY, LORA_KEY
 from ..model import DalleBart
+from .divergence import refuse_non_finite
 from .lora import LoraSettings, add_adapters
 from .optimization import lightning_optimizers, param_groups
 
@@ -49,6 +50,9 @@ class DalleBartModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.compile, self.init_from = compile, init_from
+        if init_from:  # training from them would give NaN at the first step
+            refuse_non_finite(net.state_dict(), f"model.init_from={init_from}",
+                              "Start from a checkpoint saved before its run diverged.")
         self.flops_per_batch: Optional[int] = None
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         self._param_counts = (count(net.encoder), count(net.decoder))

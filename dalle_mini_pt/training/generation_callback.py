@@ -3,7 +3,9 @@
 Runs on rank zero, every `every_n_steps` optimizer steps and/or at the end of validation. It leaves
 training exactly as it found it: the sampler draws from its own seeded generator, the global RNG state is
 forked anyway (VQGAN/CLIP code we do not own might draw), the module's train/eval mode is restored, and
-nothing goes through `self.log`, so no step or metric changes.
+nothing goes through `self.log`, so no step or metric changes. Before it samples, the run's
+`DivergenceGuard` looks at the losses and the weights on every rank: a diverged run stops with the guard's
+message instead of sampling from NaN logits.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..generation_config import GenerationConfig
 from ..image_grid import caption_grid
 from ..pipeline import DalleMiniPipeline
 from ..tokenizer import TextTokenizer
+from .divergence import guard_of
 
 
 def _tensorboard(logger, grid, captions: str, step: int) -> None:
@@ -77,11 +80,18 @@ class GenerationCallback(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
-            self.generate_and_log(trainer, pl_module)
+            self.sample(trainer, pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self.at_validation_end and not trainer.sanity_checking and trainer.global_step != self._last_step:
-            self.generate_and_log(trainer, pl_module)
+            self.sample(trainer, pl_module)
+
+    def sample(self, trainer, pl_module) -> None:
+        """On every rank: the guard's look (a collective), then rank zero samples."""
+        guard = guard_of(trainer)
+        if guard is not None:
+            guard.look(trainer, pl_module, weights=True)
+        self.generate_and_log(trainer, pl_module)
 
     @rank_zero_only
     def generate_and_log(self, trainer, pl_module) -> None:

@@ -1,21 +1,45 @@
 """Checks of a composed training run that no single object makes, done before any step, each naming the key
-and the fix: trainer values of the wrong type, learning rates that train nothing or go uphill, and the
-checkpoint to resume from (readable, of the same architecture, not already past the run's end)."""
+and the fix: numeric options that are not finite, trainer values of the wrong type, learning rates that train
+nothing or go uphill, and the checkpoint to resume from (readable, finite, of the same architecture, not
+already past the run's end)."""
 
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 
 from ..hub.lightning import CONFIG_KEY, LORA_KEY
 from ..model import architecture_differences
+from .divergence import refuse_non_finite
+
+
+def non_finite_options(values, prefix: str = "") -> list[str]:
+    """`key=value` of every float in a (plain) config tree that is nan or ±inf."""
+    if isinstance(values, dict):
+        items = values.items()
+    elif isinstance(values, list):
+        items = enumerate(values)
+    else:
+        return [f"{prefix}={values}"] if isinstance(values, float) and not math.isfinite(values) else []
+    return [bad for k, v in items for bad in non_finite_options(v, f"{prefix}.{k}" if prefix else str(k))]
+
+
+def check_finite_options(cfg: DictConfig, what: str = "") -> None:
+    """nan and inf parse as numbers (`optimizer.lr=nan`), and every check of a range passes them by (nan
+    compares false): a run would train on nan from its first step. Interpolations are left unresolved: a
+    bad value is named where it is written."""
+    bad = non_finite_options(OmegaConf.to_container(cfg, resolve=False))
+    if bad:
+        raise ValueError(f"{what}{', '.join(bad)}: not a finite number. Every numeric option takes a finite "
+                         "value (nan and inf would reach the weights as nan); give one")
 
 
 def _types(annotation) -> set:
@@ -114,6 +138,8 @@ def check_resume(path: Path, trainer: pl.Trainer, model) -> None:
     """A checkpoint that cannot be read, holds another architecture, or already reached `max_steps`."""
     ckpt = read_checkpoint(path)
     check_architecture(ckpt, path, model)
+    refuse_non_finite(ckpt.get("state_dict", {}), f"ckpt_path={path}",
+                      "Resume from an earlier checkpoint of the run, saved before it diverged.")
     step = ckpt.get("global_step", 0)
     if 0 <= trainer.max_steps <= step:
         raise ValueError(f"ckpt_path={path} is at step {step}, and trainer.max_steps={trainer.max_steps}: "
