@@ -18,7 +18,9 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from dalle_mini_pt.data.encode import CONFIG_DIR, encode_dataset, run
-from dalle_mini_pt.data.image_sources import FolderSource, TableSource, TarSource, load_image
+from dalle_mini_pt.data.image_sources import FolderSource, load_image
+from dalle_mini_pt.data.table_source import TableSource
+from dalle_mini_pt.data.tar_source import TarSource
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = {"00000/000000002.jpg": "truncated", "00001/000000005.jpg": "zero", "00001/000000007.png": "text",
