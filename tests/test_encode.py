@@ -33,10 +33,14 @@ def encode_cfg(*overrides):
         return compose(config_name="encode", overrides=["vqgan=tiny", *overrides])
 
 
-@pytest.fixture(scope="module")
-def vqgan():
+def tiny_vqgan():
     torch.manual_seed(0)
     return instantiate(encode_cfg("input.path=x", "vqgan_weights=null").vqgan).eval()
+
+
+@pytest.fixture(scope="module")
+def vqgan():
+    return tiny_vqgan()
 
 
 def write_item(folder: Path, i: int, image: bytes, ext: str = ".jpg") -> None:
@@ -54,10 +58,8 @@ def jpeg(rng, size) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
+def make_images(root: Path) -> Path:
     """19 items in img2dataset layout (4 per shard folder); 4 of them broken in different ways."""
-    root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
     for i in range(19):
         write_item(root, i, jpeg(rng, SIZES[i % len(SIZES)]))
@@ -68,6 +70,11 @@ def images(tmp_path_factory):
     (root / "00001" / "000000007.jpg").unlink()
     write_item(root, 9, rng.integers(0, 255, 500, dtype=np.uint8).tobytes())
     return root
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("images"))
 
 
 def shard_tables(out: Path) -> dict:

@@ -20,6 +20,8 @@ from typing import Iterator, Optional, Sequence, Union
 from .image_sources import Sample
 from .table_columns import IMAGE_COLUMNS, choose_columns, row_sample
 
+ROWS_PER_READ = 64
+
 
 def _datasets():
     try:
@@ -67,6 +69,15 @@ def prepare(ds, image_column: Optional[str], caption_column: Optional[str], pass
     return ds, cols
 
 
+def rows(part) -> Iterator[dict]:
+    """The rows of one data file. `IterableDataset.iter` because iterating the dataset itself inside a
+    DataLoader worker makes it split its files among the workers once more (and skip ours)."""
+    for batch in part.iter(batch_size=ROWS_PER_READ):
+        names = list(batch)
+        for values in zip(*(batch[n] for n in names)):
+            yield dict(zip(names, values))
+
+
 class HFSource:
     """A map-style dataset: item i is row i."""
 
@@ -98,7 +109,7 @@ class HFStreamSource:
 
     def stream(self, k: int) -> Iterator[tuple[str, Union[Sample, Exception]]]:
         part = self.ds.shard(num_shards=self.ds.num_shards, index=k, contiguous=True)
-        for r, row in enumerate(part):
+        for r, row in enumerate(rows(part)):
             try:
                 yield f"{self.where} file {k} row {r}", row_sample(row, self.cols, ".", f"{k:05d}:{r}")
             except Exception as err:  # noqa: BLE001  (one bad row costs one item)

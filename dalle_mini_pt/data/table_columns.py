@@ -102,10 +102,10 @@ def read_bytes(url: str) -> bytes:
 def row_sample(row: dict, cols: Columns, base: str, fallback_key: str) -> Sample:
     """One table row as a Sample; raises (costing that item only) when its image or caption is missing."""
     value, caption = row[cols.image], row[cols.caption]
+    if value is None:  # img2dataset's row of a failed download: no image, no caption
+        raise ValueError(f"no image (null in column {cols.image!r})")
     if caption is None:
         raise ValueError("no caption (null)")
-    if value is None:
-        raise ValueError(f"no image (null in column {cols.image!r})")
     path = value if cols.kind == "path" else value.get("path") if cols.kind == "struct" else None
     data = value if cols.kind == "bytes" else value.get("bytes") if cols.kind == "struct" else None
     if data is None:
