@@ -1,6 +1,7 @@
 """A folder served over HTTP on a loopback port (python's own http.server, real requests), for the encoder's
-remote-input tests. `hold(name)` makes GET requests for that file wait until `release(name)`: a test can
-stop a reader at a known point of its run (and kill it there) without touching the reader's code."""
+remote-input tests. `hold(name, after)` makes a GET of that file send its first `after` bytes, then wait
+until `release(name)`: a test can stop a reader at a known point of its run, mid-transfer (and kill it
+there), without touching the reader's code."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 class FileServer:
     def __init__(self, root: Path):
         self.root, self.requests = Path(root), []
-        self._held: dict[str, threading.Event] = {}
+        self._held: dict[str, tuple[threading.Event, int]] = {}
         self.waiting: set[str] = set()
         server = self
 
@@ -24,11 +25,18 @@ class FileServer:
             def do_GET(self):
                 name = self.path.lstrip("/")
                 server.requests.append(("GET", name))
-                gate = server._held.get(name)
-                if gate is not None:
+                held = server._held.get(name)
+                if held is None:
+                    return super().do_GET()
+                f = self.send_head()
+                if f is None:
+                    return
+                with f:
+                    self.wfile.write(f.read(held[1]))
+                    self.wfile.flush()
                     server.waiting.add(name)
-                    gate.wait()
-                super().do_GET()
+                    held[0].wait()
+                    self.wfile.write(f.read())
 
             def do_HEAD(self):
                 server.requests.append(("HEAD", self.path.lstrip("/")))
@@ -44,13 +52,13 @@ class FileServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        for gate in self._held.values():
+        for gate, _ in self._held.values():
             gate.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def hold(self, name: str) -> None:
-        self._held[name] = threading.Event()
+    def hold(self, name: str, after: int = 0) -> None:
+        self._held[name] = (threading.Event(), after)
 
     def release(self, name: str) -> None:
-        self._held.pop(name).set()
+        self._held.pop(name)[0].set()

@@ -100,11 +100,15 @@ def predict(trainer: pl.Trainer, module: CodeEncoder, data: EncodeData, writer: 
 
 
 def build_vqgan(vqgan_cfg: DictConfig, weights: Optional[str]) -> VQGAN:
+    if weights is None:  # the same random weights in every process (and run), or ranks would disagree
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = instantiate(vqgan_cfg)
+        warnings.warn("vqgan_weights=null: encoding with a randomly initialised VQGAN (seed 0; tests and "
+                      "benchmarks only: the codes mean nothing to a trained model)", stacklevel=2)
+        return model.eval()
     model = instantiate(vqgan_cfg)
-    if weights is None:
-        warnings.warn("vqgan_weights=null: encoding with a randomly initialised VQGAN (tests and benchmarks "
-                      "only; the codes mean nothing to a trained model)", stacklevel=2)
-    elif str(weights).endswith(".safetensors"):
+    if str(weights).endswith(".safetensors"):
         model = VQGAN.from_safetensors(weights, model.config)
     elif str(weights).endswith(".ckpt"):
         model = VQGAN.from_taming_checkpoint(weights, model.config)
