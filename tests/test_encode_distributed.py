@@ -3,6 +3,7 @@ run are those of a 1-process run, code for code and key for key; a rank killed m
 command (2 processes from Lightning's launcher, tars over HTTP), gives the shards of an uninterrupted
 1-process run, and the rerun reads only what was not written."""
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
+import pytorch_lightning as pl
 from file_server import FileServer
 from test_encode import ROOT, encode_cfg, make_images, tiny_vqgan
 
@@ -47,7 +49,22 @@ def same_shards(a: Path, b: Path) -> None:
     assert (a / "report.json").read_text() == (b / "report.json").read_text()
 
 
-def test_two_ddp_processes_write_exactly_the_shards_of_one(images, tmp_path, capfd):
+class PieceProbe(pl.Callback):
+    """Each rank writes which pieces it encoded to out_dir/rank{r}.json."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir, self.pieces = Path(out_dir), set()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.pieces.add(batch["piece"])
+
+    def on_predict_end(self, trainer, pl_module):
+        self.out_dir.mkdir(exist_ok=True)
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(
+            json.dumps({"world_size": trainer.world_size, "pieces": sorted(self.pieces)}))
+
+
+def test_two_ddp_processes_write_exactly_the_shards_of_one(images, tmp_path):
     """Two gloo ranks forked from this process (strategy ddp_fork: no second start-up of Python); the
     command-line launcher's run is the slow test below."""
     def encode(name, *trainer):
@@ -57,8 +74,11 @@ def test_two_ddp_processes_write_exactly_the_shards_of_one(images, tmp_path, cap
             return run(cfg)
 
     one = encode("one")
-    two = encode("two", "trainer=ddp", "trainer.strategy=ddp_fork", "trainer.devices=2")
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in "".join(capfd.readouterr())
+    probe = ("+trainer.callbacks=[{_target_: test_encode_distributed.PieceProbe, out_dir: "
+             f"{tmp_path / 'ranks'}}}]")
+    two = encode("two", "trainer=ddp", "trainer.strategy=ddp_fork", "trainer.devices=2", probe)
+    ranks = [json.loads((tmp_path / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks == [{"world_size": 2, "pieces": [0, 2, 4, 6]}, {"world_size": 2, "pieces": [1, 3, 5]}]
     assert one == two and one["shards"] == [f"{s:05d}.parquet" for s in range(7)]
     same_shards(tmp_path / "one", tmp_path / "two")
 
