@@ -1,0 +1,82 @@
+"""The encoder against S3 (moto's server on a loopback port, reached through s3fs over real HTTP): tars and
+parquet tables read from the bucket, shards and report written into it as whole objects, a rerun that
+writes nothing, and a lost shard rewritten alone."""
+
+import fsspec
+import pytest
+from test_encode import codes_by_caption, make_images, tiny_vqgan
+from test_encode_inputs import KW, img2dataset_parquet, img2dataset_webdataset
+
+from dalle_mini_pt.data.encode import encode_dataset
+from dalle_mini_pt.data.input_formats import open_source
+
+s3fs = pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+
+@pytest.fixture(scope="module")
+def bucket(monkeypatch_module):
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch_module.setenv(key, value)
+    # every s3fs instance, here and in forked DataLoader workers, talks to the local server
+    monkeypatch_module.setitem(fsspec.config.conf, "s3", {"endpoint_url": f"http://{host}:{port}"})
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = fsspec.filesystem("s3")
+    fs.mkdir("data")
+    yield fs
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def objects(fs, prefix: str) -> dict:
+    fs.invalidate_cache()
+    return {p.rsplit("/", 1)[-1]: info["ETag"] for p, info in fs.find(prefix, detail=True).items()}
+
+
+def local_codes(fs, prefix: str, tmp_path) -> dict:
+    fs.get(prefix, str(tmp_path), recursive=True)
+    return codes_by_caption(tmp_path)
+
+
+def test_tars_from_s3_encode_into_s3_whole_and_resume_shard_by_shard(bucket, tmp_path):
+    images = make_images(tmp_path / "images")
+    img2dataset_webdataset(images, tmp_path / "wds")
+    bucket.put(str(tmp_path / "wds") + "/", "data/wds", recursive=True)
+    vqgan = tiny_vqgan()
+    source = open_source("tar", "s3://data/wds/{00000..00001}.tar")
+    report = encode_dataset(source, vqgan, "s3://data/encoded", **{**KW, "num_workers": 1})
+    written = objects(bucket, "data/encoded")
+    assert set(written) == {"00000.parquet", "00001.parquet", "report.json"}  # no temporary object
+    assert report["encoded"] == 15 and report["bad"][0]["item"].startswith("s3://data/wds/00000.tar:")
+    encode_dataset(open_source("tar", str(tmp_path / "wds" / "*.tar")), vqgan, tmp_path / "local", **KW)
+    assert local_codes(bucket, "data/encoded", tmp_path / "back") == codes_by_caption(tmp_path / "local")
+
+    assert encode_dataset(source, vqgan, "s3://data/encoded", **KW) == report
+    assert objects(bucket, "data/encoded") == written  # nothing uploaded again
+    bucket.rm("data/encoded/00001.parquet")
+    assert encode_dataset(source, vqgan, "s3://data/encoded", **KW) == report
+    again = objects(bucket, "data/encoded")
+    assert again["00000.parquet"] == written["00000.parquet"] and set(again) == set(written)
+
+
+def test_an_img2dataset_parquet_in_s3_encodes_like_the_local_one(bucket, tmp_path):
+    images = make_images(tmp_path / "images")
+    img2dataset_parquet(images, tmp_path / "pq")
+    bucket.put(str(tmp_path / "pq") + "/", "data/pq", recursive=True)
+    vqgan = tiny_vqgan()
+    remote = encode_dataset(open_source("table", "s3://data/pq/*.parquet"), vqgan, tmp_path / "remote",
+                            **{**KW, "num_workers": 1})
+    local = encode_dataset(open_source("table", str(tmp_path / "pq" / "*.parquet")), vqgan,
+                           tmp_path / "local", **KW)
+    assert codes_by_caption(tmp_path / "remote") == codes_by_caption(tmp_path / "local")
+    assert (remote["encoded"], remote["skipped"]) == (local["encoded"], local["skipped"]) == (15, 5)
