@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 
 # paths per Arrow chunk: big enough that the per-chunk overhead is nothing, small enough that the Python
@@ -41,6 +42,15 @@ def sorted_walk(root: str, suffixes: tuple[str, ...]) -> Iterator[str]:
             prefixes.pop()
 
 
+def string_array(strings: list[str]) -> pa.StringArray:
+    """Arrow strings from buffers of exactly their size: `pa.array` grows its buffers while it converts,
+    and the allocator keeps what it gave back (2.4x the index's size in RSS at 5 M paths, against 1.2x)."""
+    encoded = [s.encode("utf8") for s in strings]
+    offsets = np.zeros(len(encoded) + 1, np.int32)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return pa.StringArray.from_buffers(len(encoded), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded)))
+
+
 class PathIndex:
     """Item i -> its path string; built from any iterable of paths without holding them all as objects."""
 
@@ -49,10 +59,10 @@ class PathIndex:
         for path in paths:
             buf.append(path)
             if len(buf) == CHUNK:
-                chunks.append(pa.array(buf, pa.string()))
+                chunks.append(string_array(buf))
                 buf = []
         if buf or not chunks:
-            chunks.append(pa.array(buf, pa.string()))
+            chunks.append(string_array(buf))
         self.paths = pa.chunked_array(chunks, pa.string())
 
     def __len__(self) -> int:
@@ -64,4 +74,4 @@ class PathIndex:
     @property
     def nbytes(self) -> int:
         """Bytes the index holds: the paths' UTF-8 bytes and their offsets."""
-        return self.paths.nbytes
+        return self.paths.get_total_buffer_size()
