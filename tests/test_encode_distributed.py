@@ -3,6 +3,7 @@ run are those of a 1-process run, code for code and key for key; a rank killed m
 command (2 processes from Lightning's launcher, tars over HTTP), gives the shards of an uninterrupted
 1-process run, and the rerun reads only what was not written."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -155,3 +156,16 @@ def test_a_rank_killed_mid_run_then_the_same_command_equals_an_uninterrupted_run
         source = TarSource(f"{server.url}/{{00000..00003}}.tar")
         encode_dataset(source, tiny_vqgan(), tmp_path / "whole", batch_size=2, num_workers=1, progress=False)
     same_shards(out, tmp_path / "whole")
+
+
+@pytest.mark.slow
+def test_the_speed_benchmark_runs_the_tool_on_one_and_two_processes(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("encode_speed", ROOT / "benchmarks" / "encode_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--vqgan", "tiny", "--images", "32", "--size", "40", "--batch-size", "4",
+                 "--num-workers", "2", "--processes", "1", "2", "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| encoder tool, 2 processes (batch 4 each, 2 workers in all) |" in out
+    assert "2 processes: " in out and "x one process (goal >= 1.8x)" in out
+    same_shards(tmp_path / "shards", tmp_path / "shards2")
