@@ -29,7 +29,8 @@ class CodeEncoder(pl.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int):
         if batch["images"] is None:
             return None
-        return self.vqgan.encode(batch["images"]).cpu().numpy()
+        # the codes of the real images: on XLA the batch came padded (see EncodeData), cut on the host
+        return self.vqgan.encode(batch["images"]).cpu()[:len(batch["good"])].numpy()
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,11 @@ class EncodeData(pl.LightningDataModule):
         self.plan = RankPlan(pieces, trainer.global_rank, tasks, tasks_per_piece(tasks))
 
     def predict_dataloader(self) -> DataLoader:
+        device = self.trainer.strategy.root_device.type
+        # XLA compiles a graph per batch shape: batches short of bad images or at a piece's end are padded
         stream = TaskStream(self.source, self.plan.pieces, self.plan.tasks, self.run["resolution"],
-                            self.batch_size)
+                            self.batch_size, pad=device == "xla")
         workers = min(self.num_workers, len(self.plan.tasks))  # no idle worker processes
-        pin = self.trainer.strategy.root_device.type == "cuda"
+        pin = device == "cuda"
         return DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=identity_collate,
                           pin_memory=pin)

@@ -44,11 +44,16 @@ def decode(position: int, name: Name, sample, resolution: int):
     return position, None, None, (name if isinstance(name, str) else name(), error_message(sample))
 
 
-def make_batch(piece: int, decoded: list, last: bool, failed: Optional[str] = None) -> dict:
+def make_batch(piece: int, decoded: list, last: bool, failed: Optional[str] = None,
+               pad_to: int = 0) -> dict:
+    """`pad_to`: images padded with black ones up to that many (their codes are cut off again)."""
     good = [d for d in decoded if d[3] is None]
+    images = [d[1] for d in good]
+    if good and len(images) < pad_to:
+        images += [torch.zeros_like(images[0])] * (pad_to - len(images))
     return {"piece": piece, "positions": [d[0] for d in decoded],
             "good": [d[0] for d in good],
-            "images": torch.stack([d[1] for d in good]) if good else None,
+            "images": torch.stack(images) if good else None,
             "rows": [{"key": d[2].key, "caption": d[2].caption, **d[2].fields} for d in good],
             "errors": [(d[0], *d[3]) for d in decoded if d[3] is not None],
             "last": last, "failed": failed}
@@ -58,9 +63,10 @@ class TaskStream(IterableDataset):
     """DataLoader worker w of W reads tasks w, w + W, ... of this rank's list."""
 
     def __init__(self, source, pieces: list[Piece], tasks: list[tuple[int, int, int]], resolution: int,
-                 batch_size: int):
+                 batch_size: int, pad: bool = False):
         self.source, self.pieces, self.tasks = source, pieces, tasks
         self.resolution, self.batch_size = resolution, batch_size
+        self.pad_to = batch_size if pad else 0
 
     def __iter__(self):
         info = get_worker_info()
@@ -71,7 +77,7 @@ class TaskStream(IterableDataset):
             else:
                 items = indexed_items(self.source, start, stop)
                 decoded = [decode(p, n, s, self.resolution) for p, n, s in items]
-                yield make_batch(k, decoded, last=True)
+                yield make_batch(k, decoded, last=True, pad_to=self.pad_to)
 
     def _streamed(self, k: int):
         """Batches of one streamed piece; a failure to read it ends the piece with `failed`, so the other
@@ -81,12 +87,12 @@ class TaskStream(IterableDataset):
             for position, name, sample in streamed_items(self.source, k):
                 decoded.append(decode(position, name, sample, self.resolution))
                 if len(decoded) == self.batch_size:
-                    yield make_batch(k, decoded, last=False)
+                    yield make_batch(k, decoded, last=False, pad_to=self.pad_to)
                     decoded = []
         except Exception as err:  # noqa: BLE001  (a cut tar, a dropped connection, a missing file)
             yield make_batch(k, [], last=True, failed=error_message(err))
             return
-        yield make_batch(k, decoded, last=True)
+        yield make_batch(k, decoded, last=True, pad_to=self.pad_to)
 
 
 def identity_collate(batch: dict) -> dict:
