@@ -81,20 +81,25 @@ def img2dataset_parquet(images: Path, out: Path) -> Path:
     return out
 
 
-def folder_codes(images: Path, vqgan, out: Path) -> dict:
-    encode_dataset(FolderSource(images), vqgan, out, **KW)
-    return codes_by_caption(out)
+def folder_reference(images: Path, vqgan, out: Path) -> tuple[dict, dict]:
+    """The folder source's report and codes: what every other layout of the same items must give."""
+    return encode_dataset(FolderSource(images), vqgan, out, **KW), codes_by_caption(out)
 
 
-def test_img2dataset_files_webdataset_and_parquet_outputs_give_the_same_codes(images, vqgan, tmp_path):
-    folder = encode_dataset(FolderSource(images), vqgan, tmp_path / "folder_out", **KW)
+@pytest.fixture(scope="module")
+def folder_run(images, vqgan, tmp_path_factory) -> tuple[dict, dict]:
+    return folder_reference(images, vqgan, tmp_path_factory.mktemp("folder_out"))
+
+
+def test_img2dataset_files_webdataset_and_parquet_outputs_give_the_same_codes(images, vqgan, folder_run,
+                                                                              tmp_path):
+    folder, codes = folder_run
     tars = img2dataset_webdataset(images, tmp_path / "wds")
     wds = encode_dataset(open_source("tar", str(tmp_path / "wds" / "*.tar")), vqgan, tmp_path / "wds_out",
                          **KW)
     img2dataset_parquet(images, tmp_path / "pq")
     table = encode_dataset(open_source("table", str(tmp_path / "pq" / "*.parquet")), vqgan,
                            tmp_path / "pq_out", **KW)
-    codes = codes_by_caption(tmp_path / "folder_out")
     assert len(codes) == 15
     assert codes_by_caption(tmp_path / "wds_out") == codes == codes_by_caption(tmp_path / "pq_out")
     # a tar is one piece: its shard takes the tar's name; the metadata parquet beside it is no input
@@ -108,14 +113,14 @@ def test_img2dataset_files_webdataset_and_parquet_outputs_give_the_same_codes(im
     assert keys == ["000000000", "000000001", "000000003", "000000004", "000000006"]  # items 0..7
 
 
-def test_tars_over_http_with_brace_patterns_and_gzip_read_through_fsspec(images, vqgan, tmp_path):
+def test_tars_over_http_with_brace_patterns_and_gzip_read_through_fsspec(images, vqgan, folder_run, tmp_path):
     img2dataset_webdataset(images, tmp_path / "wds", gz_last=True)
     with FileServer(tmp_path / "wds") as server:
         source = open_source("tar", [f"{server.url}/{{00000..00000}}.tar", f"{server.url}/00001.tar.gz"])
         report = encode_dataset(source, vqgan, tmp_path / "out", **{**KW, "num_workers": 2})
     assert ("GET", "00000.tar") in server.requests and ("GET", "00001.tar.gz") in server.requests
     assert report["shards"] == ["00000.parquet", "00001.parquet"] and report["encoded"] == 15
-    assert codes_by_caption(tmp_path / "out") == folder_codes(images, vqgan, tmp_path / "folder")
+    assert codes_by_caption(tmp_path / "out") == folder_run[1]
     assert all(b["item"].startswith(server.url) for b in report["bad"])
 
 
@@ -149,13 +154,13 @@ def hf_image_dataset(images: Path):
                                     "label": datasets.Value("int64")}))
 
 
-def test_hugging_face_datasets_saved_to_disk_as_parquet_and_streamed(images, vqgan, tmp_path):
+def test_hugging_face_datasets_saved_to_disk_as_parquet_and_streamed(images, vqgan, folder_run, tmp_path):
     ds = hf_image_dataset(images)
     ds.save_to_disk(str(tmp_path / "disk"))
     (tmp_path / "hub").mkdir()
     for k in range(2):  # a hub repo's layout: data files of one split
         ds.shard(2, k, contiguous=True).to_parquet(str(tmp_path / "hub" / f"train-0000{k}-of-00002.parquet"))
-    expected = folder_codes(images, vqgan, tmp_path / "folder")
+    expected = folder_run[1]
     for name, kwargs in {"disk": dict(path=str(tmp_path / "disk")),
                          "parquet": dict(path=str(tmp_path / "hub"), cache_dir=str(tmp_path / "cache")),
                          "streamed": dict(path=str(tmp_path / "hub"), streaming=True)}.items():
