@@ -261,3 +261,12 @@ def test_gzip_tar_and_plain_tar_hold_the_same_samples(images, tmp_path):
 
     assert samples(str(plain)) == samples(str(tmp_path / "gz" / "*.tar.gz"))
     assert len(samples(str(plain))) == 5
+
+
+def test_the_vqgan_runs_in_float32_whatever_the_trainer_group(tmp_path):
+    assert encode_cfg("input.path=x", "vqgan_weights=null", "trainer=gpu").trainer.precision == "32-true"
+    assert encode_cfg("input.path=x", "vqgan_weights=null", "trainer=tpu").trainer.precision == "32-true"
+    cfg = encode_cfg(f"input.path={tmp_path / 'not_read'}", "vqgan_weights=null",
+                     "trainer.precision=bf16-mixed")
+    with pytest.raises(ValueError, match=r"trainer.precision=bf16-mixed: the VQGAN only runs in float32"):
+        run(cfg)
