@@ -3,6 +3,7 @@
     input.path='s3://bucket/cc12m/{00000..01242}.tar'      # braceexpand, as webdataset writes them
     input.path='/data/laion/*.parquet'                      # a glob
     input.path=[a.tar, b.tar.gz]                            # a list of any of these
+    input.path=gs://bucket/cc12m                            # a folder: its files of the format's suffixes
 
 Braces are expanded first (`braceexpand`, webdataset's own dependency), then globs through the file's own
 filesystem; a name without glob characters is kept as written and must exist. Files are opened through
@@ -36,10 +37,10 @@ def _expand_one(pattern: str, suffixes: tuple[str, ...]) -> list[str]:
     fs, path = fsspec.core.url_to_fs(os.path.expanduser(pattern))
     if any(c in path for c in GLOB_CHARS):
         found = fs.glob(path)
-    elif not is_remote(pattern) and fs.isdir(path):
-        found = [p for p in fs.find(path) if p.lower().endswith(suffixes)]
-    else:
-        return [pattern]
+    elif "http" not in protocols(fs) and fs.isdir(path):  # (http's isdir would download the file)
+        found = fs.find(path)  # a folder: its files at any depth, of the format's suffixes
+    else:  # named as is: a local one as fsspec spells it (absolute), like the globs' matches
+        return [pattern if is_remote(pattern) else path]
     return [p if not is_remote(pattern) else fs.unstrip_protocol(p) for p in found
             if p.lower().endswith(suffixes)]
 
