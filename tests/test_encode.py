@@ -77,6 +77,14 @@ def images(tmp_path_factory):
     return make_images(tmp_path_factory.mktemp("images"))
 
 
+def module_fixtures():
+    """The tiny VQGAN and the 19 items as fixtures of another test module: `vqgan, images =
+    module_fixtures()` there (pytest finds fixtures by the module's names)."""
+    return pytest.fixture(scope="module", name="vqgan")(tiny_vqgan), \
+        pytest.fixture(scope="module", name="images")(lambda tmp_path_factory: make_images(
+            tmp_path_factory.mktemp("images")))
+
+
 def shard_tables(out: Path) -> dict:
     return {p.name: pq.read_table(p) for p in sorted(out.glob("*.parquet"))}
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import pytorch_lightning as pl
 from file_server import FileServer
-from test_encode import ROOT, encode_cfg, make_images, tiny_vqgan
+from test_encode import ROOT, encode_cfg, module_fixtures, tiny_vqgan
 
 from dalle_mini_pt.data.encode import encode_dataset, run
 from dalle_mini_pt.data.tar_source import TarSource
@@ -27,9 +27,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 SETTINGS = ["vqgan=tiny", "vqgan_weights=null", "num_workers=1", "batch_size=2", "progress=false"]
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_images(tmp_path_factory.mktemp("images"))
+images = module_fixtures()[1]
 
 
 def encode_command(*args) -> list[str]:

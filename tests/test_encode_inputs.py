@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from file_server import FileServer
-from test_encode import ROOT, codes_by_caption, encode_cfg, make_images, tiny_vqgan
+from test_encode import ROOT, codes_by_caption, encode_cfg, module_fixtures
 
 from dalle_mini_pt.data.code_writer import EncodingIncomplete
 from dalle_mini_pt.data.encode import encode_dataset, run
@@ -23,16 +23,7 @@ from dalle_mini_pt.data.image_sources import FolderSource
 from dalle_mini_pt.data.input_formats import open_source
 
 KW = dict(shard_size=8, batch_size=4, num_workers=0, progress=False)
-
-
-@pytest.fixture(scope="module")
-def vqgan():
-    return tiny_vqgan()
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_images(tmp_path_factory.mktemp("images"))
+vqgan, images = module_fixtures()
 
 
 def item_files(images: Path) -> list[tuple[Path, Path, Path]]:

@@ -4,7 +4,7 @@ writes nothing, and a lost shard rewritten alone."""
 
 import fsspec
 import pytest
-from test_encode import codes_by_caption, make_images, tiny_vqgan
+from test_encode import codes_by_caption, module_fixtures
 from test_encode_inputs import KW, folder_reference, img2dataset_parquet, img2dataset_webdataset
 
 from dalle_mini_pt.data.encode import encode_dataset
@@ -32,14 +32,7 @@ def bucket(monkeypatch_module):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def vqgan():
-    return tiny_vqgan()
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_images(tmp_path_factory.mktemp("images"))
+vqgan, images = module_fixtures()
 
 
 @pytest.fixture(scope="module")
