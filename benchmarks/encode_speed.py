@@ -5,7 +5,7 @@ the cores (torch threads: Lightning gives each process cores / processes; `--num
 
     python benchmarks/encode_speed.py                       # tiny VQGAN, 512 images: a quick CPU check
     python benchmarks/encode_speed.py --vqgan imagenet_f16_16384 --images 256 --size 320 --device cuda
-    python benchmarks/encode_speed.py --vqgan imagenet_f16_16384 --images 512 --processes 1 2
+    python benchmarks/encode_speed.py --vqgan imagenet_f16_16384 --images 64 --batch-size 16 --processes 1 2
 
 Times are wall time of the whole call, start-up of the processes included. VQGAN weights are random:
 speed does not depend on their values.
