@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install --quiet "torch==2.13.0" -e ".[clip,vqgan,demo,dev,sweep]"
+"$VENV/bin/pip" install --quiet "torch==2.13.0" -e ".[clip,vqgan,demo,dev,sweep,hf]"
 # taming's metadata pins Lightning-1.x-era packages it does not need for the modules we import
 "$VENV/bin/pip" install --quiet --no-deps "taming-transformers-rom1504==0.0.6"
 echo "installed into $VENV"

@@ -18,7 +18,9 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from dalle_mini_pt.data.encode import CONFIG_DIR, encode_dataset, run
-from dalle_mini_pt.data.image_sources import FolderSource, TableSource, TarSource, load_image
+from dalle_mini_pt.data.image_sources import FolderSource, load_image
+from dalle_mini_pt.data.table_source import TableSource
+from dalle_mini_pt.data.tar_source import TarSource
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = {"00000/000000002.jpg": "truncated", "00001/000000005.jpg": "zero", "00001/000000007.png": "text",
@@ -31,10 +33,14 @@ def encode_cfg(*overrides):
         return compose(config_name="encode", overrides=["vqgan=tiny", *overrides])
 
 
-@pytest.fixture(scope="module")
-def vqgan():
+def tiny_vqgan():
     torch.manual_seed(0)
     return instantiate(encode_cfg("input.path=x", "vqgan_weights=null").vqgan).eval()
+
+
+@pytest.fixture(scope="module")
+def vqgan():
+    return tiny_vqgan()
 
 
 def write_item(folder: Path, i: int, image: bytes, ext: str = ".jpg") -> None:
@@ -52,10 +58,8 @@ def jpeg(rng, size) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
+def make_images(root: Path) -> Path:
     """19 items in img2dataset layout (4 per shard folder); 4 of them broken in different ways."""
-    root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
     for i in range(19):
         write_item(root, i, jpeg(rng, SIZES[i % len(SIZES)]))
@@ -66,6 +70,19 @@ def images(tmp_path_factory):
     (root / "00001" / "000000007.jpg").unlink()
     write_item(root, 9, rng.integers(0, 255, 500, dtype=np.uint8).tobytes())
     return root
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("images"))
+
+
+def module_fixtures():
+    """The tiny VQGAN and the 19 items as fixtures of another test module: `vqgan, images =
+    module_fixtures()` there (pytest finds fixtures by the module's names)."""
+    return pytest.fixture(scope="module", name="vqgan")(tiny_vqgan), \
+        pytest.fixture(scope="module", name="images")(lambda tmp_path_factory: make_images(
+            tmp_path_factory.mktemp("images")))
 
 
 def shard_tables(out: Path) -> dict:
