@@ -4,8 +4,9 @@ spawn) exactly as for training, with the same `trainer=` groups.
 
 The plan is made once, by global rank 0, after the processes have met: it lists the pieces, removes what
 a killed run left half-written, reads the footers of the shards already in output_dir (checking they are
-this run's), and broadcasts the pending pieces; each rank then takes its share (`encode_plan`). Rank 0
-planning alone means no rank can see another's freshly written shard as "already done".
+this run's), and broadcasts the pending pieces (`index_sharing.built_once`, as streaming shares its index;
+a failure on rank 0 reaches every rank); each rank then takes its share (`encode_plan`). Rank 0 planning
+alone means no rank can see another's freshly written shard as "already done".
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from .encode_plan import Piece, pending_pieces, plan_pieces, tasks_for, tasks_per_piece
 from .encode_stream import TaskStream, identity_collate
+from .index_sharing import built_once
 from .shard_files import OutputDir
 
 
@@ -65,10 +67,10 @@ class EncodeData(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         trainer = self.trainer
-        planned = None
-        if trainer.is_global_zero:
-            planned = plan_run(self.source, self.out, self.run, self.shard_size)
-        pieces, pending = trainer.strategy.broadcast(planned, src=0)
+        # a plan rank 0 fails to make reaches every rank as its error, instead of leaving them waiting
+        broadcast = trainer.strategy.broadcast if trainer.world_size > 1 else None
+        pieces, pending = built_once(lambda: plan_run(self.source, self.out, self.run, self.shard_size),
+                                     trainer.global_rank, broadcast)
         mine = plan_pieces(self.source, self.shard_size)
         if mine != pieces:
             raise ValueError(f"rank {trainer.global_rank} sees other input than rank 0 ({len(mine)} pieces "
