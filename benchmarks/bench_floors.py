@@ -27,7 +27,7 @@ FLOOR_SHAPES = {"cpu": {"mini": dict(matvec=(16384, 16384), gemm=2048), "tiny": 
                 "cuda": {"mini": dict(copy=1 << 28, gemm=8192), "tiny": dict(copy=1 << 24, gemm=1024)}}
 
 
-def _best_time(fn, repeats: int) -> float:
+def best_time(fn, repeats: int) -> float:
     fn()
     best = math.inf
     for _ in range(repeats):
@@ -60,22 +60,22 @@ def measure_floors(size: str, device: str = "cpu") -> dict:
 
 
 def _cpu_floors(shapes: dict) -> dict:
-    from dalle_mini_pt.huge_pages import on_huge_pages  # where `generate` puts weights
+    from dalle_mini_pt.huge_pages import on_huge_pages  # where loading a pipeline puts weights
 
     (rows, cols), n = shapes["matvec"], shapes["gemm"]
     w, x = torch.empty(rows, cols).uniform_(-1, 1), torch.empty(cols).uniform_(-1, 1)
     w = on_huge_pages(w)
-    out = {"matvec_float32_GBps": w.nbytes / _best_time(lambda: torch.mv(w, x), 5) / 1e9}
+    out = {"matvec_float32_GBps": w.nbytes / best_time(lambda: torch.mv(w, x), 5) / 1e9}
     for name, dtype in DTYPES.items():
         if dtype is torch.float16:
             continue  # no fast float16 kernels on most CPUs: the bench does not time float16 there
         # nn.Linear on 2 rows: a batch-1 super-conditioned step
         wd, xd = (w if dtype is w.dtype else on_huge_pages(w.to(dtype)),
                   x.to(dtype).expand(2, cols).contiguous())
-        out[f"linear2_{name}_GBps"] = (wd.nbytes / _best_time(lambda: torch.nn.functional.linear(xd, wd), 5)
+        out[f"linear2_{name}_GBps"] = (wd.nbytes / best_time(lambda: torch.nn.functional.linear(xd, wd), 5)
                                        / 1e9)
         a, b = torch.empty(n, n, dtype=dtype).uniform_(-1, 1), torch.empty(n, n, dtype=dtype).uniform_(-1, 1)
-        out[f"gemm_{name}_GFLOPs"] = 2 * n ** 3 / _best_time(lambda: a @ b, 3) / 1e9
+        out[f"gemm_{name}_GFLOPs"] = 2 * n ** 3 / best_time(lambda: a @ b, 3) / 1e9
     out["bandwidth_GBps"] = max(out["matvec_float32_GBps"], out["linear2_float32_GBps"])
     return out
 
@@ -101,7 +101,7 @@ def _cuda_copy_GBps(numel: int) -> float:
 
 def step_matmul_seconds(config, dtype: str, batch: int) -> float:
     """One super-conditioned decoding step's matmuls alone, through the decoder's own Linear modules on
-    weights placed as `generate` places them (CPU): what a step built on these kernels cannot beat."""
+    weights placed as loading a pipeline places them (CPU): what a step built on these kernels cannot beat."""
     from dalle_mini_pt.huge_pages import move_to_huge_pages
     from dalle_mini_pt.model import ImageTokenDecoder
 
@@ -113,14 +113,19 @@ def step_matmul_seconds(config, dtype: str, batch: int) -> float:
             p.uniform_(-0.02, 0.02)  # not the garbage of empty memory: denormals would slow float32 down
     move_to_huge_pages(decoder)
     rows = 2 * batch  # conditional and unconditional; the lm_head runs after their mix, on `batch`
-    linears = [m for layer in decoder.layers for m in (
+    calls = [(m, torch.randn(rows, m.in_features, dtype=DTYPES[dtype])) for m in step_linears(decoder)]
+    calls.append((decoder.lm_head, torch.randn(batch, config.d_model, dtype=DTYPES[dtype])))
+    with torch.inference_mode():
+        return best_time(lambda: [m(x) for m, x in calls], 5)
+
+
+def step_linears(decoder) -> list:
+    """The Linear modules a decoding step runs, the lm_head left out (the cross-attention K/V are projected
+    once per prompt, not per step)."""
+    return [m for layer in decoder.layers for m in (
         layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
         layer.cross_attn.q_proj, layer.cross_attn.out_proj, *(getattr(layer.ffn, n) for n in ("fc0", "fc1")
                                                               if hasattr(layer.ffn, n)), layer.ffn.fc2)]
-    calls = [(m, torch.randn(rows, m.in_features, dtype=DTYPES[dtype])) for m in linears]
-    calls.append((decoder.lm_head, torch.randn(batch, config.d_model, dtype=DTYPES[dtype])))
-    with torch.inference_mode():
-        return _best_time(lambda: [m(x) for m, x in calls], 5)
 
 
 def add_floors(row: dict, floors: dict, config, device: str = "cpu") -> None:

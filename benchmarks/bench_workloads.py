@@ -162,8 +162,9 @@ def train_flops(config, batch: int) -> float:
 # ---------------------------------------------------------------- child-process workloads
 
 def _sampling_setup(spec: dict, dtype: torch.dtype):
-    """The row's model (seeded random weights, built in `dtype` on the row's device), the prompt, and the
-    unconditional prompt as `generate` keywords."""
+    """The row's model (seeded random weights, built in `dtype` on the row's device, its weights placed as
+    loading a pipeline places them), the prompt, and the unconditional prompt as `generate` keywords."""
+    from dalle_mini_pt.huge_pages import move_to_huge_pages
     from dalle_mini_pt.model import DalleBart
 
     torch.set_num_threads(spec["threads"])
@@ -172,6 +173,7 @@ def _sampling_setup(spec: dict, dtype: torch.dtype):
     torch.manual_seed(0)
     with default_dtype(dtype), torch.device(device):
         model = DalleBart(config).eval()
+    move_to_huge_pages(model)  # on the CPU; elsewhere nothing moves
     ids, mask = padded(PROMPT, config.max_text_length, device)
     uncond_ids, uncond_mask = padded(UNCOND, config.max_text_length, device)
     return model, ids, mask, dict(uncond_input_ids=uncond_ids, uncond_attention_mask=uncond_mask)

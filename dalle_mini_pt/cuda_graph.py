@@ -1,12 +1,17 @@
 """The sampler's fixed-shape decoding step, captured once in a CUDA graph and replayed.
 
-Eager PyTorch launches every kernel of a step from Python: about 25 per decoder layer, 300 for mini, each a
-few microseconds of host time, while the step's weights stream from HBM in about 0.1 ms (mini, bfloat16, on
-an H200). A CUDA graph replays the recorded launches in one call. A graph reads and writes the tensors it
-was captured with, so the sampler's loop state (the cache, tokens, codes, step index, noise buffer) lives in
-a `Slot` that the model keeps between calls: a later call with the same shapes, options and weights refills
-those tensors and replays the graph the first call captured. `COUNTS` counts captures and replays
-process-wide, so tests and the benchmark can check that nothing is captured again after warm-up.
+Eager PyTorch launches each of a step's few hundred kernels from Python; at small batches their host time
+is longer than the GPU needs to stream the step's weights, so the GPU waits between kernels (the README's
+GPU table, from `benchmarks/bench.py --device cuda`, measures what a graph saves). A CUDA graph replays the
+recorded launches in one call. A graph reads and writes the tensors it was captured with, so the sampler's
+loop state (the cache, tokens, codes, step index, noise buffer) lives in a `Slot` that the model keeps in
+its `GraphSlots` between calls: a later call with the same key (the options that shape the step,
+`GenerationConfig.graph_key`, the shapes and the weights) refills those tensors and replays the graph the
+first call captured.
+
+`COUNTS` counts captures and replays in the whole process. It is the one module-level object here, and it
+only counts: no generation reads it to decide anything, so one model's calls cannot change another's;
+tests and the benchmark compare it before and after a call to see that a warm call captures nothing.
 
 Random numbers are drawn inside the graph from the slot's own CUDA generators (one per block of rows that
 has its own), registered with the graph (PyTorch's graph-safe RNG moves their offsets on at every replay);
@@ -20,7 +25,6 @@ loop: asking for a graph and silently not getting one would hide a several-fold 
 from __future__ import annotations
 
 import threading
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -38,8 +42,6 @@ class Counts:
 
 
 COUNTS = Counts()
-_SLOTS: "weakref.WeakKeyDictionary[nn.Module, Slot]" = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
 
 
 def check_device(device: torch.device, mode: str) -> None:
@@ -77,7 +79,7 @@ class GraphedStep:
             graph.register_generator_state(generator)
         with torch.cuda.graph(graph):
             self.fn()
-        self.graph, self.fn = graph, None  # fn holds the model: the slot must not keep it alive
+        self.graph, self.fn = graph, None  # fn holds the model, which holds this step: no cycle to keep
         COUNTS.captures += 1
 
 
@@ -112,25 +114,39 @@ class Slot:
             theirs.set_state(mine.get_state())
 
 
-def slot(owner: nn.Module, key: tuple, device: torch.device, generators: int = 1) -> Slot:
-    """`owner`'s slot for `key`, marked busy until `done()`. A kept one with another key is dropped (its
-    cache and graph memory with it), so a model holds at most one. While the kept one is busy (another
-    thread, or a stream not yet finished, generating on this model) the caller gets a slot of its own that
-    is not kept: sharing would let two generations overwrite each other's tensors."""
-    with _LOCK:
-        kept = _SLOTS.get(owner)
-        if kept is not None and kept.key == key and not kept.busy:
-            kept.busy = True
-            return kept
-        new = Slot(key, generators=[torch.Generator(device=device) for _ in range(generators)], busy=True)
-        if kept is None or not kept.busy:
-            _SLOTS[owner] = new
-        return new
+class GraphSlots:
+    """A model's kept slot (`DalleBart.graph_slots`): at most one, so a model holds one graph and its cache.
+    A copy or a pickle of the model starts with none: a graph points at the original's tensors."""
 
+    def __init__(self) -> None:
+        self.kept: Optional[Slot] = None
+        self._lock = threading.Lock()
 
-def release(owner: nn.Module) -> None:
-    """Frees what `owner` (a DalleBart or its decoder) keeps for graph replays: the KV cache and the graph."""
-    _SLOTS.pop(getattr(owner, "decoder", owner), None)
+    def take(self, key: tuple, device: torch.device, generators: int = 1) -> Slot:
+        """The kept slot for `key`, marked busy until `done()`. A kept one with another key is dropped (its
+        cache and graph memory with it). While the kept one is busy (another thread, or a stream not yet
+        finished, generating on this model) the caller gets a slot of its own that is not kept: sharing
+        would let two generations overwrite each other's tensors."""
+        with self._lock:
+            kept = self.kept
+            if kept is not None and kept.key == key and not kept.busy:
+                kept.busy = True
+                return kept
+            new = Slot(key, generators=[torch.Generator(device=device) for _ in range(generators)], busy=True)
+            if kept is None or not kept.busy:
+                self.kept = new
+            return new
+
+    def release(self) -> None:
+        """Frees what the model keeps for graph replays: the KV cache and the graph."""
+        with self._lock:
+            self.kept = None
+
+    def __deepcopy__(self, memo) -> "GraphSlots":
+        return GraphSlots()
+
+    def __reduce__(self):
+        return GraphSlots, ()
 
 
 def weights_key(module: nn.Module) -> tuple:

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .generation_config import GenerationConfig, add_arguments, from_arguments
+from . import cuda_graph
+from .generation_config import add_arguments, given_options
 from .pipeline import DEFAULT_GENERATION, DalleMiniPipeline, PromptImages
 from .png_metadata import save_png
 from .request_checks import check_prompts
@@ -43,6 +44,22 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vqgan-revision", default=None,
                    help="hub revision of --vqgan (default: the commit the reference pins for "
                         "dalle-mini/vqgan_imagenet_f16_16384 and flax-community/vqgan_f16_16384)")
+
+
+def default_device() -> str:
+    """The device a command line runs on when --device is not given: CUDA, else Apple's MPS, else the
+    CPU."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=default_device(),
+                   help="cuda, mps, cpu, … (default: cuda if there is one, else mps, else cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
 
 def check_pipeline_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -65,13 +82,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--progressive", action="store_true",
                    help="also write the grid as it is drawn, one code row at a time: NAME-partial-016.png, "
                         "... (the number: codes sampled so far)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    args = p.parse_args(argv)
+    add_device_arguments(p)
+    args = p.parse_args(argv)  # each sampling flag is checked here (add_arguments)
     check_pipeline_arguments(p, args)
     check_outputs(p, args)
-    try:  # the flags alone, before any model is loaded; a saved pipeline's defaults are merged in later
-        from_arguments(args, GenerationConfig()).check_device(args.device)
+    try:  # before any model is loaded; the flags meet the pipeline's defaults once, in the pipeline
+        if args.step_mode in cuda_graph.MODES:
+            cuda_graph.check_device(torch.device(args.device), args.step_mode)
         with warnings.catch_warnings():  # an empty prompt's warning comes once, from the pipeline
             warnings.simplefilter("ignore")
             check_prompts(args.prompts)
@@ -117,10 +134,10 @@ def output_paths(out: Path, n: int) -> list[Path]:
 
 def sample(pipe: DalleMiniPipeline, args, paths: list[Path]) -> list[PromptImages]:
     """The results; with --progressive, each partial grid is written beside its final one on the way."""
-    config = from_arguments(args, pipe.generation_config)
+    options = given_options(args)  # by name: the pipeline merges them into its own defaults
     if not args.progressive:
-        return pipe(args.prompts, config, clip_top_n=args.clip_top_n, progress=None)
-    for written, results in pipe.stream(args.prompts, config, clip_top_n=args.clip_top_n, progress=None):
+        return pipe(args.prompts, clip_top_n=args.clip_top_n, progress=None, **options)
+    for written, results in pipe.stream(args.prompts, clip_top_n=args.clip_top_n, progress=None, **options):
         if written < pipe.model.config.image_length:
             for result, path in zip(results, paths):
                 result.grid(scale=args.scale).save(path.with_name(f"{path.stem}-partial-{written:03d}.png"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import numbers
@@ -22,8 +23,17 @@ TEMPERATURE_RANGE = (1e-3, 1e3)
 CONDITION_SCALE_RANGE = (-1e3, 1e3)
 
 
-def _option(default, help: str, type=None):
-    return field(default=default, metadata={"help": help, "type": type or (lambda v: v)})
+def option_field(default, help: str, type=None, *, graph):
+    """A `GenerationConfig` field. `help` is what the command lines show, `type` what parses the flag. `graph`
+    (no default: every option states it) is what a captured CUDA graph of the decoding step depends on:
+    True, the value (a Python value inside the step, as top_k is); False, nothing (the step reads it from
+    a tensor written at every call, or it acts outside the step); or a function of the value (what of it
+    the graph depends on). `GenerationConfig.graph_key` is made from these alone."""
+    return field(default=default, metadata={"help": help, "type": type or (lambda v: v), "graph": graph})
+
+
+def _guided(condition_scale) -> bool:
+    return condition_scale != 1.0
 
 
 @dataclass(frozen=True)
@@ -31,30 +41,42 @@ class GenerationConfig:
     """Every sampling option, checked in one place. The defaults are the reference `generate`'s (plain
     sampling, no super-conditioning); each caller states its own in one place: the pipeline (the reference
     notebook's, `pipeline.DEFAULT_GENERATION`), the training callback and the embedded default's evaluation
-    (their Hydra configs), the benchmark (min-dalle's). `metadata["help"]` is what the command lines show."""
+    (their Hydra configs), the benchmark (min-dalle's).
 
-    num_images: int = _option(1, "images per prompt", int)
-    top_k: Optional[int] = _option(None, "sample among the k likeliest codes (default: all)", int)
-    top_p: Optional[float] = _option(None, "sample among the likeliest codes holding this probability mass",
-                                     float)
-    min_p: Optional[float] = _option(None, "drop codes less likely than this fraction of the likeliest one",
-                                     float)
-    temperature: float = _option(1.0, "divides the logits: below 1 sharper, above 1 more varied", float)
-    condition_scale: float = _option(1.0, "super-conditioning: uncond + scale * (cond - uncond); 1 is off",
-                                     float)
-    seed: Optional[int] = _option(None, "makes a run repeatable (default: a fresh random seed)", int)
-    step_mode: str = _option("auto", "how each step runs: dynamic (shapes follow the codes so far), static "
-                             "(one shape for every step), cuda_graph (static, captured once and replayed; "
-                             "CUDA), cuda_graph_compiled (the same, torch.compile'd first); auto: static on "
-                             "XLA, else dynamic", str)
+    A new option is a field here (made with `option_field`, its check in `__post_init__`) and its use in
+    `warpers.apply_warpers`, which is handed the whole config; its command-line flag, its place in saved
+    settings and PNG chunks, and its part in the CUDA-graph key follow from the field."""
+
+    # the rows of every tensor the step touches
+    num_images: int = option_field(1, "images per prompt", int, graph=True)
+    # the warpers take these as Python values inside the step
+    top_k: Optional[int] = option_field(None, "sample among the k likeliest codes (default: all)", int,
+                                        graph=True)
+    top_p: Optional[float] = option_field(None, "sample among the likeliest codes holding this probability "
+                                          "mass", float, graph=True)
+    min_p: Optional[float] = option_field(None, "drop codes less likely than this fraction of the likeliest "
+                                          "one", float, graph=True)
+    # a tensor of the loop, written at every call
+    temperature: float = option_field(1.0, "divides the logits: below 1 sharper, above 1 more varied", float,
+                                      graph=False)
+    # whether the unconditional rows run shapes the step; the scale itself is a tensor of the loop
+    condition_scale: float = option_field(1.0, "super-conditioning: uncond + scale * (cond - uncond); 1 is "
+                                          "off", float, graph=_guided)
+    # the draws come from generators whose state is copied in before the loop
+    seed: Optional[int] = option_field(None, "makes a run repeatable (default: a fresh random seed)", int,
+                                       graph=False)
+    step_mode: str = option_field("auto", "how each step runs: dynamic (shapes follow the codes so far), "
+                                  "static (one shape for every step), cuda_graph (static, captured once and "
+                                  "replayed; CUDA), cuda_graph_compiled (the same, torch.compile'd first); "
+                                  "auto: static on XLA, else dynamic", str, graph=True)
 
     def __post_init__(self) -> None:
         def fail(key: str, problem: str, fix: str) -> None:
             raise ValueError(f"{key}={getattr(self, key)!r} {problem} ({fix})")
 
-        if not (_whole(self.num_images) and self.num_images >= 1):
+        if not (is_whole(self.num_images) and self.num_images >= 1):
             fail("num_images", "must be a whole number >= 1", "images per prompt")
-        if self.top_k is not None and not (_whole(self.top_k) and self.top_k >= 1):
+        if self.top_k is not None and not (is_whole(self.top_k) and self.top_k >= 1):
             fail("top_k", "must be a whole number >= 1", "use None to disable it")
         if self.top_p is not None and not (_finite(self.top_p) and 0.0 < self.top_p <= 1.0):
             fail("top_p", "must be in (0, 1]", "use None or 1.0 to disable it")
@@ -71,7 +93,7 @@ class GenerationConfig:
             fail("condition_scale", f"must be a finite number between {low:g} and {high:g}",
                  "1 turns super-conditioning off; the reference notebook uses 10")
         low, high = SEED_RANGE
-        if self.seed is not None and not (_whole(self.seed) and low <= self.seed <= high):
+        if self.seed is not None and not (is_whole(self.seed) and low <= self.seed <= high):
             fail("seed", f"must be a whole number in {low}..2**64-1",
                  "what torch.Generator takes; or None for a fresh random seed")
         if self.step_mode not in STEP_MODES:
@@ -79,11 +101,24 @@ class GenerationConfig:
 
     @property
     def guided(self) -> bool:
-        return self.condition_scale != 1.0
+        return _guided(self.condition_scale)
 
     @property
     def graphed(self) -> bool:
         return self.step_mode in cuda_graph.MODES
+
+    def graph_key(self) -> tuple:
+        """What of this config a captured CUDA graph of the decoding step depends on, from each field's
+        `graph` declaration (`option_field`): two configs with one key can replay one graph."""
+        key = []
+        for f in dataclasses.fields(self):
+            if "graph" not in f.metadata:
+                raise TypeError(f"{type(self).__name__}.{f.name} does not say whether it shapes the CUDA "
+                                "graph: declare it with option_field(..., graph=...)")
+            role, value = f.metadata["graph"], getattr(self, f.name)
+            if role is not False:
+                key.append((f.name, value if role is True else role(value)))
+        return tuple(key)
 
     def replace(self, **changes) -> "GenerationConfig":
         """A copy with `changes`; an unknown name is refused, listing the options."""
@@ -126,18 +161,46 @@ def _finite(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _whole(value) -> bool:
+def is_whole(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def with_options(config: Optional[GenerationConfig], options: dict,
+                 default: Optional[GenerationConfig] = None) -> GenerationConfig:
+    """`config` (None: `default`, else `GenerationConfig()`) changed by sampling options given by name: where
+    a user's options meet a config, once (`generate`, the pipeline's call, the server's request), as
+    transformers' `generate` merges its keyword arguments; what runs below takes the finished config."""
+    if config is not None and not isinstance(config, GenerationConfig):
+        raise TypeError(f"generation_config must be a GenerationConfig or None; got {type(config).__name__} "
+                        "(give options by name, or GenerationConfig.from_dict(values))")
+    return (config or default or GenerationConfig()).replace(**options)
+
+
 def add_arguments(parser, defaults: GenerationConfig, description: str = "") -> None:
-    """One command-line flag per option (`--top-k`, …); `from_arguments` fills the unset ones from
-    defaults."""
+    """One command-line flag per option (`--top-k`, …), each value checked as the config checks it while
+    the command line is parsed (a bad one exits 2 before anything loads); `given_options` collects those
+    given, for the one merge with the defaults."""
     group = parser.add_argument_group("sampling", description)
     for f in dataclasses.fields(GenerationConfig):
-        group.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["type"], default=None,
+        group.add_argument("--" + f.name.replace("_", "-"), type=_flag_type(f), default=None,
                            help=f"{f.metadata['help']} (default: {getattr(defaults, f.name)})")
 
 
-def from_arguments(args, defaults: GenerationConfig) -> GenerationConfig:
-    return defaults.replace(**{k: v for k in GenerationConfig.names() if (v := getattr(args, k)) is not None})
+def _flag_type(f: dataclasses.Field):
+    convert = f.metadata["type"]
+
+    def parse(text: str):
+        value = convert(text)  # a ValueError here is argparse's "invalid int value"
+        try:
+            GenerationConfig(**{f.name: value})
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
+
+    parse.__name__ = getattr(convert, "__name__", f.name)  # what argparse names in "invalid … value"
+    return parse
+
+
+def given_options(args) -> dict:
+    """The sampling flags given on the command line, by name (those left out take the defaults)."""
+    return {k: v for k in GenerationConfig.names() if (v := getattr(args, k)) is not None}

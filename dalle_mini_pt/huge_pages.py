@@ -1,13 +1,15 @@
 """Weights on transparent huge pages (Linux), for decoding speed on the CPU.
 
 A decoding step streams every weight once, a few rows at a time, so it runs at memory bandwidth; with 4 KiB
-pages the 772 MB of a mini step cross 190k pages and the TLB misses show (a mini batch-1 step: 40.7 ms on
-4 KiB pages, 37.7 ms on 2 MiB ones). PyTorch advises huge pages only under `THP_MEM_ALLOC_ENABLE=1`, read
-before its first allocation, which is too early for a library. So weights are moved instead: each layer
-weight is copied into a fresh private mapping advised `MADV_HUGEPAGE`, whose first touch (the copy) faults
-it in as 2 MiB pages. The tensor covers exactly its bytes of the mapping (a saved state dict is no bigger),
-and the mapping is unmapped with the tensor's storage. One parameter at a time, so memory never holds two
-models. Nothing moves where the kernel has huge pages off ("never") or off Linux.
+pages the 772 MB of a mini step cross 190k pages and the TLB misses show (docs/cpu_decoding.md: what 2 MiB
+pages save, and the command that measures it). PyTorch advises huge pages only under
+`THP_MEM_ALLOC_ENABLE=1`, read before its first allocation, which is too early for a library. So weights
+are moved instead, as a step of loading (`DalleMiniPipeline.from_pretrained` and the benchmark call
+`move_to_huge_pages`; sampling never moves what it is given): each layer weight is copied into a fresh
+private mapping advised `MADV_HUGEPAGE`, whose first touch (the copy) faults it in as 2 MiB pages. The
+tensor covers exactly its bytes of the mapping (a saved state dict is no bigger), and the mapping is
+unmapped with the tensor's storage. One parameter at a time, so memory never holds two models. Nothing
+moves where the kernel has huge pages off ("never") or off Linux.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from torch import nn
 
 HUGE_PAGE = 2 << 20
 # A move copies before it frees, so peak memory grows by the biggest tensor moved. The layer weights a step
-# streams are at most 11 MB (mini) or 34 MB (mega); the embeddings and the lm_head (67 MB, 9% of a mini
-# step's bytes, read for one row) would add their size to the peak for under 1% of the time.
+# streams are at most 11 MB (mini) or 34 MB (mega); the embeddings (read a row at a time) and the lm_head
+# (67 MB, 9% of a mini step's bytes) stay, so the peak grows by a layer weight, not by 67 MB.
 MAX_MOVE = 48 << 20
 
 
@@ -54,21 +56,19 @@ def on_huge_pages(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def move_to_huge_pages(module: nn.Module, max_bytes: int = MAX_MOVE) -> int:
-    """Move the module's CPU parameters of 2 MiB to `max_bytes` onto huge pages, once (later calls find them
-    placed and move nothing, so calling it before every generation is cheap); returns the bytes moved.
-    Parameters that are views into a bigger buffer (FSDP's flat parameters) stay where their owner keeps
-    them."""
-    placed = getattr(module, "_huge_page_ptrs", set())
+    """Move the module's CPU parameters of 2 MiB to `max_bytes` onto huge pages; returns the bytes moved. A
+    parameter that starts on a 2 MiB boundary is taken as placed (by an earlier call, or by PyTorch's own
+    allocator under THP_MEM_ALLOC_ENABLE=1, which aligns so; ordinary allocations never are), so a second
+    call moves nothing, and the module carries no mark of it. Parameters that are views into a bigger
+    buffer (FSDP's flat parameters) stay where their owner keeps them."""
     moved = 0
     with torch.no_grad():
         for param in module.parameters():
-            if (param.data_ptr() in placed or not param.is_contiguous()
+            if (param.device.type != "cpu" or param.data_ptr() % HUGE_PAGE == 0 or not param.is_contiguous()
                     or param.nbytes > max_bytes or param.untyped_storage().nbytes() != param.nbytes):
                 continue
             copy = huge_page_copy(param.data)
             if copy is not None:
                 param.data = copy
-                placed.add(copy.data_ptr())
                 moved += copy.nbytes
-    module._huge_page_ptrs = placed
     return moved

@@ -47,11 +47,11 @@ class LayerNorm(nn.Module):
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose inference on a few CPU rows takes the faster of the kernels PyTorch has. One core, the
-    109 matmuls of a mini decoding step: float32 on 4 or more rows goes to oneDNN's inner product (8 rows:
-    88 ms, MKL's sgemm behind F.linear 138 ms; MKL wins only for 1 to 3 rows); bfloat16 on up to 128 rows
-    streams the weight as the left operand, (W @ x^T)^T (2 to 8 rows: 37 ms, F.linear 46 ms). Training,
-    autocast and compiled graphs keep F.linear."""
+    """nn.Linear whose inference on a few CPU rows takes the faster of the kernels PyTorch has: float32 on 4
+    or more rows goes to oneDNN's inner product (MKL's sgemm behind F.linear is faster only on 1 to 3
+    rows); bfloat16 on up to 128 rows streams the weight as the left operand, (W @ x^T)^T. Training,
+    autocast and compiled graphs keep F.linear. docs/cpu_decoding.md has the measurements, and the command
+    that takes them."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, rows = self.weight, x.numel() // max(x.shape[-1], 1)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DalleBartConfig
+from .cuda_graph import GraphSlots
 from .hub.bart import read_bart_encoder
 from .hub.dallebart_flax import DALLEBART_FLAX, DALLEBART_FLAX_SHARDED
 from .hub.lightning import read_lightning_checkpoint
@@ -190,6 +191,9 @@ class DalleBart(HubMixin, nn.Module):
         self.encoder = TextEncoder(config)
         self.decoder = ImageTokenDecoder(config)
         self.apply(self._init_weights)
+        # the CUDA graph and loop state the graph step modes keep between calls (cuda_graph.py);
+        # `model.graph_slots.release()` frees them
+        self.graph_slots = GraphSlots()
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):

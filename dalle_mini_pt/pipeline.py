@@ -19,14 +19,15 @@ from PIL import Image
 
 from .clip_scorer import ClipScorer
 from .component_specs import instantiate_component
-from .generation_config import GenerationConfig
+from .generation_config import GenerationConfig, with_options
 from .hub.files import TOKENIZER_FILES, Source, load_config_json, open_source, write_json
 from .hub.saving import saving_into
+from .huge_pages import move_to_huge_pages
 from .image_grid import caption_grid, to_pil
 from .model import DalleBart
 from .pipeline_index import check_index
 from .request_checks import check_every, check_keep_rows, check_prompts
-from .sampling import generate_stream
+from .sampling import stream_codes
 from .text_normalizer import TextNormalizer
 from .tokenizer import TextTokenizer, load_tokenizer
 from .vqgan import VQGAN, VQGANConfig
@@ -160,6 +161,7 @@ class DalleMiniPipeline:
             raise ValueError("a Lightning checkpoint holds no tokenizer: pass tokenizer= "
                              "(e.g. data.tokenizer)")
         net = DalleBart.from_pretrained(model, dtype=dtype, device=device, **hub_kwargs)
+        move_to_huge_pages(net)  # CPU decoding streams every layer weight each step (huge_pages.py)
         length = net.config.max_text_length
         # transformers takes its endpoint from HF_ENDPOINT, not from an argument
         tokenizer_hub = {k: v for k, v in hub_kwargs.items() if k != "endpoint"}
@@ -183,6 +185,7 @@ class DalleMiniPipeline:
         index = check_index(load_config_json(index_path), f"{source.name}/{INDEX_NAME}")
         net = DalleBart.from_pretrained(name_or_path, subfolder=index["model"], dtype=dtype, device=device,
                                         **hub)
+        move_to_huge_pages(net)  # CPU decoding streams every layer weight each step (huge_pages.py)
         tokenizer = TextTokenizer.from_pretrained(
             str(source.sub(index["tokenizer"]).local_dir(TOKENIZER_FILES)), index["text_length"])
         vqgan = VQGAN.from_pretrained(name_or_path, subfolder=index["vqgan"], device=device, **hub)
@@ -252,11 +255,13 @@ class DalleMiniPipeline:
         chunks = [self.vqgan.decode(c.to(self.vqgan.device)) for c in codes.split(self.decode_batch_size)]
         return torch.cat(chunks)
 
-    def _settings(self, generation_config, options, generator=None) -> GenerationConfig:
-        """The options a run uses, with a seed drawn here when neither a seed nor generators are given, so
-        results can name it."""
-        config = (generation_config or self.generation_config).replace(**options)
-        return config if generator is not None else config.with_seed()
+    def settings(self, generation_config: Optional[GenerationConfig] = None, /,
+                 **options) -> GenerationConfig:
+        """The config a call with these arguments samples with: `generation_config` (default: the
+        pipeline's) changed by `options` given by name. Where a caller's options are merged, once: `stream`
+        runs it, and the demo server as a request arrives (positional-only, so that every key of a request's
+        options is taken as an option name)."""
+        return with_options(generation_config, options, self.generation_config)
 
     def encode_images(self, images) -> torch.Tensor:
         """Images -> VQGAN codes (n, image_length): a PIL image, an image tensor (C, H, W) or (H, W, C)
@@ -307,7 +312,9 @@ class DalleMiniPipeline:
         """`__call__` as it draws: yields (codes written, results) every `every` sampling steps (-1: one row
         of the code grid; None: only at the end). Partial results hold the whole grid decoded with the
         rows not yet sampled left grey, unranked; the last yield is what `__call__` returns, ranked."""
-        config = self._settings(generation_config, options, generator)
+        config = self.settings(generation_config, **options)
+        if generator is None:  # a seed drawn here when none is given, so that results can name it
+            config = config.with_seed()
         prompts = self.check_request(prompts, config, keep_rows=keep_rows, has_image=init_image is not None,
                                      every=every)
         if clip_top_n is not None and not 1 <= clip_top_n <= config.num_images:
@@ -315,8 +322,8 @@ class DalleMiniPipeline:
         n, length = config.num_images, self.model.config.image_length
         prefix = self._prefix(init_image, keep_rows, len(prompts), n)
         every = check_every(every, self.vqgan.config.grid_size, length)
-        steps = generate_stream(self.model, **self.tokenize(prompts), generation_config=config, every=every,
-                                prefix=prefix, generator=generator, progress=progress)
+        steps = stream_codes(self.model, config=config, every=every, prefix=prefix, generator=generator,
+                             progress=progress, **self.tokenize(prompts))
         for written, codes in steps:  # the sampler sets inference mode itself on each resume
             with torch.inference_mode():
                 final = written == length

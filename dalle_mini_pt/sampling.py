@@ -20,7 +20,11 @@ so the head runs on half the rows. Non-finite logits (float16 overflow) are flag
 step and raised as an error after the loop (and at each yield of a stream).
 
 One loop serves `generate` and `generate_stream` (the same codes, with yields of the codes so far); a
-forced prefix (image completion) fills the cache in one teacher-forced pass before the loop starts.
+forced prefix (image completion) fills the cache in one teacher-forced pass before the loop starts. Those
+two merge options given by name into the config, once; `sample_codes` / `stream_codes` and all below them
+take the finished `GenerationConfig`. Sampling reads the model and changes nothing of it: the graph modes
+keep their graph in the model's `graph_slots`, and huge-page placement is a step of loading
+(`huge_pages.move_to_huge_pages`).
 """
 
 from __future__ import annotations
@@ -32,8 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import cuda_graph
-from .generation_config import GenerationConfig, _whole
-from .huge_pages import move_to_huge_pages
+from .generation_config import GenerationConfig, is_whole, with_options
 from .warpers import GumbelDraws, apply_warpers, generator_blocks, seeded_generator
 
 if TYPE_CHECKING:
@@ -82,7 +85,7 @@ def _init_cache(model: DalleBart, input_ids, attention_mask, uncond, num_images:
     attend to: the images of each prompt, then (guided) one unconditional group mirroring each of those.
 
     With `cut_text` the text is cut after its last real token: padding is masked out of every attention, so
-    it changes nothing but the work (a 12-token prompt encodes 5x faster than its 64 padded positions)."""
+    it changes nothing but the work (docs/cpu_decoding.md measures how much)."""
     ids, mask = input_ids, attention_mask
     prompts = input_ids.shape[0]
     if uncond is not None:
@@ -177,29 +180,29 @@ class _Run:
         return self.loop.codes
 
 
-def _graph_slot(model: DalleBart, input_ids, rows: int, options: GenerationConfig, noise, return_logits,
-                blocks):
-    """The model's kept loop state and graph, if a previous call had the same shapes, options and weights;
-    else a fresh slot (the text keeps its padded length in graph modes, so every prompt shares one)."""
-    key = (tuple(input_ids.shape), rows, options.guided, options.top_k, options.top_p, options.min_p,
-           options.step_mode, noise is not None, return_logits, tuple(n for _, n in blocks),
-           cuda_graph.weights_key(model.decoder))
-    return cuda_graph.slot(model.decoder, key, input_ids.device, max(len(blocks), 1))
+def _graph_slot(model: DalleBart, input_ids, options: GenerationConfig, noise, return_logits, blocks):
+    """The model's kept loop state and graph, if a previous call had the same key; else a fresh slot. The
+    key: the options that shape the captured step (their fields say so, `GenerationConfig.graph_key`), the
+    call's shapes and inputs (the text keeps its padded length in graph modes, so every prompt shares one),
+    and the weights the graph reads."""
+    key = (options.graph_key(), tuple(input_ids.shape), noise is not None, return_logits,
+           tuple(n for _, n in blocks), cuda_graph.weights_key(model.decoder))
+    return model.graph_slots.take(key, input_ids.device, max(len(blocks), 1))
 
 
-def _start(model: DalleBart, input_ids, attention_mask, generation_config, options, uncond, generator,
-           noise, prefix, return_logits) -> _Run:
-    config = (generation_config or GenerationConfig()).replace(**options)
+def _start(model: DalleBart, input_ids, attention_mask, config: GenerationConfig, uncond, generator, noise,
+           prefix, return_logits) -> _Run:
+    if not isinstance(config, GenerationConfig):
+        raise TypeError(f"the sampler takes a finished GenerationConfig; got {type(config).__name__} (give "
+                        "options by name to generate / generate_stream, which merge them)")
     device = input_ids.device
     rows = input_ids.shape[0] * config.num_images
     _check_inputs(model, rows, config, noise, uncond, prefix, device)
     if generator is None and noise is None:
         generator = seeded_generator(config.seed, device)
     blocks = [] if noise is not None else generator_blocks(generator, rows)
-    if device.type == "cpu":  # every step streams all weights: 2 MiB pages spare the TLB (huge_pages.py)
-        move_to_huge_pages(model)
     with _grad_off(device):
-        slot = (_graph_slot(model, input_ids, rows, config, noise, return_logits, blocks) if config.graphed
+        slot = (_graph_slot(model, input_ids, config, noise, return_logits, blocks) if config.graphed
                 else None)
         cache = _init_cache(model, input_ids, attention_mask, uncond if config.guided else None,
                             config.num_images, cut_text=device.type != "xla" and not config.graphed,
@@ -216,6 +219,25 @@ def _start(model: DalleBart, input_ids, attention_mask, generation_config, optio
         blocks = [(mine, n) for mine, (_, n) in zip(slot.generators, blocks)]
     return _Run(model, config, loop, 0 if prefix is None else prefix.shape[1],
                 GumbelDraws(blocks, loop.noise_buffer) if blocks else None, slot, callers)
+
+
+def sample_codes(model: DalleBart, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 config: GenerationConfig, *, uncond_input_ids: Optional[torch.Tensor] = None,
+                 uncond_attention_mask: Optional[torch.Tensor] = None, generator=None,
+                 noise: Optional[torch.Tensor] = None, prefix: Optional[torch.Tensor] = None,
+                 return_logits: bool = False, progress: Optional[bool] = False):
+    """`generate` with a finished `config` (no options by name): what the pipeline calls. The model is only
+    read; in graph modes it keeps the graph and the loop state in `model.graph_slots`."""
+    uncond = None if uncond_input_ids is None else (uncond_input_ids, uncond_attention_mask)
+    run = _start(model, input_ids, attention_mask, config, uncond, generator, noise, prefix, return_logits)
+    try:
+        with _grad_off(input_ids.device):
+            for _ in _sample(run, progress, every=None):
+                pass
+            codes, logits = _finish(run)
+    finally:
+        _release(run)
+    return (codes, logits) if return_logits else codes
 
 
 def generate(
@@ -245,33 +267,23 @@ def generate(
     they pass through the decoder in one teacher-forced pass. `progress`: a bar over the steps; None shows it
     only on a terminal. Raises FloatingPointError if the logits turn inf or NaN (float16 overflow).
     """
-    uncond = None if uncond_input_ids is None else (uncond_input_ids, uncond_attention_mask)
-    run = _start(model, input_ids, attention_mask, generation_config, options, uncond, generator, noise,
-                 prefix, return_logits)
-    try:
-        with _grad_off(input_ids.device):
-            for _ in _sample(run, progress, every=None):
-                pass
-            codes, logits = _finish(run)
-    finally:
-        _release(run)
-    return (codes, logits) if return_logits else codes
+    return sample_codes(model, input_ids, attention_mask, with_options(generation_config, options),
+                        uncond_input_ids=uncond_input_ids, uncond_attention_mask=uncond_attention_mask,
+                        generator=generator, noise=noise, prefix=prefix, return_logits=return_logits,
+                        progress=progress)
 
 
-def generate_stream(model: DalleBart, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    generation_config: Optional[GenerationConfig] = None, *, every: int = 16,
-                    uncond_input_ids: Optional[torch.Tensor] = None,
-                    uncond_attention_mask: Optional[torch.Tensor] = None, generator=None,
-                    noise: Optional[torch.Tensor] = None, prefix: Optional[torch.Tensor] = None,
-                    progress: Optional[bool] = False, **options):
-    """`generate`, as a generator: every `every` steps it yields (codes written so far, codes) with the codes
-    not yet sampled set to -1; the last yield holds all of them, the same codes `generate` returns for the
-    same seed. The loop is `generate`'s own; only the yields are added."""
-    if not (_whole(every) and every >= 1):
+def stream_codes(model: DalleBart, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 config: GenerationConfig, *, every: int = 16,
+                 uncond_input_ids: Optional[torch.Tensor] = None,
+                 uncond_attention_mask: Optional[torch.Tensor] = None, generator=None,
+                 noise: Optional[torch.Tensor] = None, prefix: Optional[torch.Tensor] = None,
+                 progress: Optional[bool] = False):
+    """`generate_stream` with a finished `config` (no options by name): what the pipeline calls."""
+    if not (is_whole(every) and every >= 1):
         raise ValueError(f"every={every!r} must be a whole number of steps >= 1")
     uncond = None if uncond_input_ids is None else (uncond_input_ids, uncond_attention_mask)
-    run = _start(model, input_ids, attention_mask, generation_config, options, uncond, generator, noise,
-                 prefix, False)
+    run = _start(model, input_ids, attention_mask, config, uncond, generator, noise, prefix, False)
     device = input_ids.device
     steps = _sample(run, progress, every)
     try:
@@ -290,6 +302,21 @@ def generate_stream(model: DalleBart, input_ids: torch.Tensor, attention_mask: t
         _release(run)
 
 
+def generate_stream(model: DalleBart, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    generation_config: Optional[GenerationConfig] = None, *, every: int = 16,
+                    uncond_input_ids: Optional[torch.Tensor] = None,
+                    uncond_attention_mask: Optional[torch.Tensor] = None, generator=None,
+                    noise: Optional[torch.Tensor] = None, prefix: Optional[torch.Tensor] = None,
+                    progress: Optional[bool] = False, **options):
+    """`generate`, as a generator: every `every` steps it yields (codes written so far, codes) with the codes
+    not yet sampled set to -1; the last yield holds all of them, the same codes `generate` returns for the
+    same seed. The loop is `generate`'s own; only the yields are added."""
+    return stream_codes(model, input_ids, attention_mask, with_options(generation_config, options),
+                        every=every, uncond_input_ids=uncond_input_ids,
+                        uncond_attention_mask=uncond_attention_mask, generator=generator, noise=noise,
+                        prefix=prefix, progress=progress)
+
+
 def _step(model: DalleBart, loop: _Loop, options: GenerationConfig, draw, length: Optional[int]) -> None:
     """One code for every row, at `loop.position`; `length` (position + 1, on the host) for the dynamic
     shapes, None for the one shape of every step."""
@@ -304,8 +331,7 @@ def _step(model: DalleBart, loop: _Loop, options: GenerationConfig, draw, length
     torch.minimum(loop.overflow_at, torch.where(bad, loop.position, loop.overflow_at), out=loop.overflow_at)
     if loop.logits is not None:
         loop.logits.index_copy_(1, loop.position, logits[:, None])
-    logits = apply_warpers(logits.masked_fill(loop.not_a_code, float("-inf")), loop.temperature,
-                           options.top_k, options.top_p, options.min_p)
+    logits = apply_warpers(logits.masked_fill(loop.not_a_code, float("-inf")), options, loop.temperature)
     g = loop.noise.index_select(0, loop.position)[0] if loop.noise is not None else draw()
     nxt = torch.argmax(logits + g, dim=-1)
     loop.codes.index_copy_(1, loop.position, nxt[:, None])  # at the step tensor: one graph for all steps

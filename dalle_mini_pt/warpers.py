@@ -5,16 +5,22 @@ generator or one per block of rows.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
+if TYPE_CHECKING:
+    from .generation_config import GenerationConfig
 
-def apply_warpers(logits: torch.Tensor, temperature, top_k: Optional[int], top_p: Optional[float],
-                  min_p: Optional[float] = None):
-    """Temperature, top-k, top-p on (rows, vocab) float logits, in that order (HF Flax warpers), then min-p
-    (not in the reference: HF's `MinPLogitsWarper`, which keeps codes of at least min_p times the best
-    code's probability)."""
+
+def apply_warpers(logits: torch.Tensor, config: GenerationConfig, temperature=None) -> torch.Tensor:
+    """`config`'s temperature, top-k, top-p on (rows, vocab) float logits, in that order (HF Flax warpers),
+    then min-p (not in the reference: HF's `MinPLogitsWarper`, which keeps codes of at least min_p times the
+    best code's probability). `temperature` (a tensor) replaces `config.temperature`: the sampler's loop
+    keeps it in a tensor, so that a captured CUDA graph reads each call's. An option read here as a Python
+    value shapes a captured graph, and its field says so (`GenerationConfig`'s `graph=True`)."""
+    top_k, top_p, min_p = config.top_k, config.top_p, config.min_p
+    temperature = config.temperature if temperature is None else temperature
     logits = logits / temperature
     if top_k is not None:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]

@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import bench  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 import bench_report  # noqa: E402
+import cpu_choices  # noqa: E402
 import generation_memory  # noqa: E402
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -117,3 +118,20 @@ def test_readme_gpu_table_takes_the_fastest_mode():
     line = next(ln for ln in bench_report.readme_gpu_table([result]).splitlines()
                 if ln.startswith("| mini | bfloat16"))
     assert line == "| mini | bfloat16 | – / 0.1 / – | – / 2 / – | – / 10.00× / – | – / cuda_graph / – |"
+
+
+def test_cpu_choices_tiny(tmp_path):
+    """docs/cpu_decoding.md's command runs end to end at tiny size: every row of every dtype, both sides
+    timed, the weights moved in the huge-page row where the kernel has huge pages."""
+    from dalle_mini_pt.huge_pages import huge_pages_available
+
+    out = tmp_path / "cpu_choices.json"
+    printed = cpu_choices.main(["--size", "tiny", "--steps", "4", "--repeats", "1", "--json", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert results == json.loads(json.dumps(printed["results"]))
+    assert [(r["dtype"], r["row"]) for r in results] == [
+        (d, row) for d in ("float32", "bfloat16") for row in ("huge_pages", "linear", "linear", "cut_text")]
+    for r in results:
+        _positive(r, *(k for k in r if k.endswith("_s")))
+    assert all((r["bytes_moved"] > 0) == huge_pages_available() for r in results if r["row"] == "huge_pages")
+    assert {r["matmuls"] for r in results if r["row"] == "linear"} == {2 * 9 + 1}  # tiny: 2 GLU layers

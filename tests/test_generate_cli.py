@@ -139,3 +139,20 @@ def test_each_saved_image_names_what_reproduces_it_in_a_multi_prompt_call(checkp
     assert (np.asarray(image) == np.asarray(Image.open(saved).convert("RGB"))).all()
     alone = pipe([text["prompt"]], GenerationConfig.from_dict(settings), seed=int(text["seed"]))[0]
     assert not torch.equal(alone.codes.sort(0).values, result.codes.sort(0).values)  # why the chunks say more
+
+
+@pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"),
+                                                 (False, False, "cpu")])
+def test_the_device_defaults_to_cuda_then_mps_then_cpu(cuda, mps, expected, monkeypatch, tmp_path):
+    """Without --device the command lines take the best device there is. This machine has neither CUDA nor
+    MPS, so their presence is what is patched; the choice is the code under test."""
+    from dalle_mini_pt.app.__main__ import parser as app_parser
+    from dalle_mini_pt.generate import parse_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    where = ["--model", "/nonexistent/model", "--vqgan", "/nonexistent/vqgan.safetensors"]
+    command = ["a red square", *where, "--out", str(tmp_path / "g.png")]
+    assert parse_args(command).device == expected
+    assert app_parser().parse_args(where).device == expected
+    assert parse_args([*command, "--device", "cpu"]).device == "cpu"

@@ -1,5 +1,6 @@
 """Weights moved onto huge pages keep their values, stay in place after the first move, save at their own
-size, leave views into flat buffers alone, and give `generate` the logits the unmoved model gives."""
+size, leave views into flat buffers alone, and give `generate` the logits the unmoved model gives; loading
+a pipeline moves them, `generate` and building a pipeline from parts never do."""
 
 import copy
 import io
@@ -56,11 +57,16 @@ def test_views_into_a_flat_buffer_stay():
     assert module.weight.data_ptr() == flat.data_ptr()
 
 
-def test_generate_moves_the_weights_and_gives_the_unmoved_logits():
+def big_head_model(**overrides) -> DalleBart:
     torch.manual_seed(0)
     # a codebook of 2**14 makes the lm_head (32 x 16400 floats) one huge page
-    model = DalleBart(tiny_config(image_vocab_size=16400, codebook_size=16384)).eval()
+    return DalleBart(tiny_config(image_vocab_size=16400, codebook_size=16384, **overrides)).eval()
+
+
+def test_placed_weights_give_the_unmoved_logits():
+    model = big_head_model()
     unmoved = copy.deepcopy(model)
+    move_to_huge_pages(model)  # a step of loading, not of sampling
     ids, mask = torch.randint(3, 512, (1, 16)), torch.ones(1, 16, dtype=torch.long)
     codes, logits = model.generate(ids, mask, num_images=2, top_k=64, seed=0, return_logits=True)
 
@@ -69,3 +75,40 @@ def test_generate_moves_the_weights_and_gives_the_unmoved_logits():
     with torch.no_grad():
         full = unmoved(ids.expand(2, -1), mask.expand(2, -1), unmoved.shift_right(codes))
     assert (full - logits).abs().max().item() < 1e-5
+
+
+def test_generate_changes_nothing_of_the_model_it_is_given():
+    model = big_head_model()
+    where = [p.data_ptr() for p in model.parameters()]
+    attributes = dict(vars(model))
+    ids, mask = torch.randint(3, 512, (1, 16)), torch.ones(1, 16, dtype=torch.long)
+    model.generate(ids, mask, num_images=2, top_k=64, seed=0)
+    assert [p.data_ptr() for p in model.parameters()] == where
+    assert vars(model) == attributes
+
+
+def test_loading_a_pipeline_places_its_model_and_building_one_from_parts_does_not(tiny_data, tmp_path):
+    """Loading is where weights move (both ways of loading); a pipeline built around a caller's model (the
+    training callback's) leaves that model's weights where they are."""
+    from omegaconf import OmegaConf
+
+    from dalle_mini_pt.pipeline import DalleMiniPipeline
+    from dalle_mini_pt.tokenizer import TextTokenizer
+    from dalle_mini_pt.train import CONFIG_DIR
+    from dalle_mini_pt.vqgan import VQGAN, VQGANConfig
+
+    settings = OmegaConf.to_container(OmegaConf.load(f"{CONFIG_DIR}/vqgan/tiny.yaml").config)
+    settings.pop("_target_")
+    vqgan = VQGAN(VQGANConfig(**{**settings, "n_embed": 16384}))
+    vqgan.save_safetensors(tmp_path / "vqgan.safetensors")
+    tokenizer = TextTokenizer.from_pretrained(str(tiny_data / "tokenizer"), 16)
+    model = big_head_model(image_length=256)
+    model.save_pretrained(tmp_path / "model", tokenizer=tokenizer)
+
+    built = DalleMiniPipeline(model, tokenizer, vqgan)
+    assert built.model.decoder.lm_head.weight.data_ptr() % HUGE_PAGE != 0
+    loaded = DalleMiniPipeline.from_pretrained(str(tmp_path / "model"), str(tmp_path / "vqgan.safetensors"))
+    assert loaded.model.decoder.lm_head.weight.data_ptr() % HUGE_PAGE == 0
+    loaded.save_pretrained(tmp_path / "pipeline")
+    again = DalleMiniPipeline.from_pretrained(str(tmp_path / "pipeline"))
+    assert again.model.decoder.lm_head.weight.data_ptr() % HUGE_PAGE == 0

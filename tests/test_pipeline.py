@@ -65,3 +65,22 @@ def _vqgan_with(**changes):
     cfg = OmegaConf.to_container(OmegaConf.load(f"{CONFIG_DIR}/vqgan/tiny.yaml").config)
     cfg.pop("_target_")
     return VQGAN(VQGANConfig(**{**cfg, **changes}))
+
+
+def test_options_by_name_meet_the_config_once(pipe):
+    """`settings` is where a caller's options meet a config (the call's, the server's request); below it the
+    sampler takes only a finished `GenerationConfig`."""
+    import dataclasses
+
+    from dalle_mini_pt.sampling import sample_codes
+
+    config = pipe.settings(top_k=8)
+    assert config == dataclasses.replace(pipe.generation_config, top_k=8)
+    assert pipe.settings(config) is config  # a finished config passes through as it is
+    with pytest.raises(TypeError, match=r"unknown sampling option\(s\) \['generation_config'\]"):
+        pipe.settings(**{"generation_config": None})  # every key of a request's options is an option name
+    with pytest.raises(TypeError, match="must be a GenerationConfig or None; got dict"):
+        pipe("x", {"top_k": 8})
+    batch = pipe.tokenize(["x"])
+    with pytest.raises(TypeError, match="the sampler takes a finished GenerationConfig; got dict"):
+        sample_codes(pipe.model, batch["input_ids"], batch["attention_mask"], {"top_k": 8})

@@ -2,6 +2,7 @@ import pytest
 import torch
 from conftest import VARIANTS, tiny_config
 
+from dalle_mini_pt.generation_config import GenerationConfig
 from dalle_mini_pt.model import DalleBart
 from dalle_mini_pt.warpers import apply_warpers, gumbel_noise
 
@@ -83,27 +84,31 @@ def test_supplied_noise_reproduces_a_reference_sampler():
     for t in range(16):
         masked = logits[:, t].clone()
         masked[:, 32:] = float("-inf")
-        expect = torch.argmax(apply_warpers(masked, 0.7, 5, 0.9) + noise[t], -1)
+        expect = torch.argmax(warp(masked, temperature=0.7, top_k=5, top_p=0.9) + noise[t], -1)
         assert torch.equal(codes[:, t], expect)
+
+
+def warp(logits, **options):
+    return apply_warpers(logits, GenerationConfig(**options))
 
 
 def test_warpers_follow_their_definitions():
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.1]]))
     # top-p keeps the smallest prefix whose mass reaches p (the token that crosses p stays)
-    assert torch.isinf(apply_warpers(logits, 1.0, None, 0.7)).tolist() == [[False, False, True, True]]
-    assert torch.isinf(apply_warpers(logits, 1.0, None, 0.75)).tolist() == [[False, False, True, True]]
-    assert torch.isinf(apply_warpers(logits, 1.0, None, 0.76)).tolist() == [[False, False, False, True]]
-    assert torch.isinf(apply_warpers(logits, 1.0, None, 0.01)).tolist() == [[False, True, True, True]]
+    assert torch.isinf(warp(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(warp(logits, top_p=0.75)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(warp(logits, top_p=0.76)).tolist() == [[False, False, False, True]]
+    assert torch.isinf(warp(logits, top_p=0.01)).tolist() == [[False, True, True, True]]
     # top-k keeps k, temperature divides
-    assert torch.isinf(apply_warpers(logits, 1.0, 3, None)).sum() == 1
-    hot = apply_warpers(logits, 2.0, None, None).softmax(-1)
+    assert torch.isinf(warp(logits, top_k=3)).sum() == 1
+    hot = warp(logits, temperature=2.0).softmax(-1)
     assert torch.allclose(hot, (logits / 2).softmax(-1)) and hot[0, 0] < 0.5
 
 
 def test_temperature_changes_the_sampled_distribution():
     logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(20000, -1)
     g = torch.Generator().manual_seed(0)
-    freq = lambda t: torch.bincount(torch.argmax(apply_warpers(logits, t, None, None)  # noqa: E731
+    freq = lambda t: torch.bincount(torch.argmax(warp(logits, temperature=t)  # noqa: E731
                                                  + gumbel_noise(logits.shape, g, "cpu"), -1),
                                     minlength=3) / 20000
     cold, plain = freq(0.5), freq(1.0)

@@ -1,12 +1,16 @@
 """The sampler's step modes (`GenerationConfig.step_mode`) and its inf/NaN guard.
 
 On the CPU: the fixed-shape step that a CUDA graph captures draws the dynamic step's codes, the graph modes
-are refused off CUDA, a kept cache is refilled in place, and a float16 overflow is an error. On a CUDA
-device (skipped elsewhere): the graph replays give the eager fixed-shape step's codes for a seed, a
-generator or supplied noise; a second call replays without capturing again; the loop makes no host sync per
-step; moving the weights means a new capture.
+are refused off CUDA, a kept cache is refilled in place, a float16 overflow is an error, a model keeps one
+slot (and a copy of it none), and the graph key follows each option's declaration. On a CUDA device
+(skipped elsewhere): the graph replays give the eager fixed-shape step's codes for a seed, a generator or
+supplied noise; a second call replays without capturing again; the loop makes no host sync per step;
+moving the weights, or changing an option declared to shape the graph, means a new capture.
 """
 
+import copy
+import dataclasses
+import pickle
 import warnings
 
 import pytest
@@ -15,6 +19,7 @@ from conftest import VARIANTS, tiny_config
 from test_sampling import prompts, tiny_model
 
 from dalle_mini_pt import GenerationConfig, cuda_graph
+from dalle_mini_pt.generation_config import option_field
 from dalle_mini_pt.model import DalleBart
 from dalle_mini_pt.sampling import _init_cache
 
@@ -70,17 +75,59 @@ def test_a_kept_cache_is_refilled_in_place():
 
 
 def test_a_model_keeps_one_slot_and_never_shares_a_busy_one():
-    owner, cpu = torch.nn.Linear(1, 1), torch.device("cpu")
-    first = cuda_graph.slot(owner, ("a",), cpu)
-    during = cuda_graph.slot(owner, ("a",), cpu)  # e.g. another thread generating on the same model
-    assert during is not first and cuda_graph._SLOTS[owner] is first
+    slots, cpu = tiny_model().graph_slots, torch.device("cpu")
+    first = slots.take(("a",), cpu)
+    during = slots.take(("a",), cpu)  # e.g. another thread generating on the same model
+    assert during is not first and slots.kept is first
     first.done()
-    assert cuda_graph.slot(owner, ("a",), cpu) is first
+    assert slots.take(("a",), cpu) is first
     first.done()
-    other = cuda_graph.slot(owner, ("b",), cpu)  # other shapes: the kept slot is replaced
-    assert cuda_graph._SLOTS[owner] is other
-    cuda_graph.release(owner)
-    assert owner not in cuda_graph._SLOTS
+    other = slots.take(("b",), cpu)  # other shapes: the kept slot is replaced
+    assert slots.kept is other
+    slots.release()
+    assert slots.kept is None
+
+
+def test_a_copy_or_pickle_of_a_model_keeps_no_slot():
+    """A graph points at the original's tensors: a copy (an EMA, a deepcopy'd module) starts without."""
+    model = tiny_model()
+    model.graph_slots.take(("a",), torch.device("cpu"))
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert twin.graph_slots is not model.graph_slots and twin.graph_slots.kept is None
+    assert model.graph_slots.kept is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class WithDummy(GenerationConfig):
+    """A config with one more option that shapes the captured step (the step never reads it: only the key
+    is under test), and one that does not."""
+
+    dummy: int = option_field(0, "a test option that shapes the graph", int, graph=True)
+    tensor_dummy: float = option_field(0.0, "a test option the step would read from a tensor", float,
+                                       graph=False)
+
+
+def test_the_graph_key_follows_the_declarations():
+    base = WithDummy()
+    assert base.replace(dummy=1).graph_key() != base.graph_key()  # declared: a new key
+    assert base.replace(tensor_dummy=1.0).graph_key() == base.graph_key()  # declared not: the same
+    for shaping in (dict(top_k=8), dict(top_p=0.9), dict(min_p=0.1), dict(num_images=2),
+                    dict(step_mode="cuda_graph_compiled"), dict(condition_scale=3.0)):
+        assert GenerationConfig(**shaping).graph_key() != GenerationConfig().graph_key(), shaping
+    for read_from_a_tensor in (dict(temperature=0.5), dict(seed=3)):
+        assert GenerationConfig(**read_from_a_tensor).graph_key() == GenerationConfig().graph_key()
+    # the scale is a tensor of the loop; only whether it is 1 (the unconditional rows) shapes the step
+    assert (GenerationConfig(condition_scale=3.0).graph_key()
+            == GenerationConfig(condition_scale=5.0).graph_key())
+
+
+def test_an_option_without_a_declaration_is_refused():
+    @dataclasses.dataclass(frozen=True)
+    class Undeclared(GenerationConfig):
+        plain: int = 0
+
+    with pytest.raises(TypeError, match="Undeclared.plain does not say whether it shapes the CUDA graph"):
+        Undeclared().graph_key()
 
 
 def overflowing_model():
@@ -161,8 +208,8 @@ def test_new_weights_mean_a_new_capture_and_release_frees_it():
     graphed, eager = (sample(model, mode, device="cuda")[0] for mode in ("cuda_graph", "static"))
     assert torch.equal(graphed, eager)
     assert counts()[0] == captures + 1
-    cuda_graph.release(model)
-    assert model.decoder not in cuda_graph._SLOTS
+    model.graph_slots.release()
+    assert model.graph_slots.kept is None
 
 
 def host_syncs(model, mode) -> int:
@@ -226,3 +273,16 @@ def test_graph_takes_generator_blocks_a_prefix_and_streams():
                                   every=4))
     assert [written for written, _ in stream] == [4, 8, 12, 16]
     assert torch.equal(stream[-1][1], sample(model, "static", device="cuda")[0])
+
+
+@needs_cuda
+def test_a_declared_shaping_option_means_a_new_capture():
+    """A new option declared `graph=True` gets its own capture when it changes, with nothing else edited
+    (the key comes from the declarations); one declared `graph=False` replays the kept graph."""
+    model, base = cuda_model(), WithDummy()
+    sample(model, "cuda_graph", device="cuda", generation_config=base)
+    captures = counts()[0]
+    sample(model, "cuda_graph", device="cuda", generation_config=base, tensor_dummy=1.0)
+    assert counts()[0] == captures
+    sample(model, "cuda_graph", device="cuda", generation_config=base, dummy=1)
+    assert counts()[0] == captures + 1

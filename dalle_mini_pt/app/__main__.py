@@ -19,7 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before anything im
 
 import dalle_mini_pt  # noqa: E402,F401  (torchvision fix first)
 
-from ..generate import add_pipeline_arguments, load  # noqa: E402
+from ..generate import add_device_arguments, add_pipeline_arguments, load  # noqa: E402
 from .access import bound_names, is_loopback  # noqa: E402
 from .settings import ServerSettings  # noqa: E402
 
@@ -57,8 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--url-ttl", type=float, default=DEFAULTS.url_ttl,
                    help="seconds an OpenAI `url` answer stays fetchable")
     p.add_argument("--no-page", action="store_true", help="serve the APIs alone, without the Gradio page")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_device_arguments(p)
     return p
 
 
@@ -102,12 +101,6 @@ def listen(p: argparse.ArgumentParser, host: str, port: int) -> socket.socket:
         p.exit(2, f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or --host\n")
     sock.set_inheritable(True)
     return sock
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main(argv=None) -> None:

@@ -154,7 +154,7 @@ class Batcher:
         """Check a request completely and queue it; `BadRequest` (or `TooLarge`) names what is wrong,
         `QueueFull` and `ShuttingDown` say why it was not taken."""
         try:
-            config = self.pipe.generation_config.replace(**(options or {})).with_seed()
+            config = self.pipe.settings(**(options or {})).with_seed()  # the request's one merge
             prompts = self.pipe.check_request(prompts, config, keep_rows=keep_rows,
                                               has_image=init_image is not None,
                                               max_prompt_chars=self.settings.max_prompt_chars)

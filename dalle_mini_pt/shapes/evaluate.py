@@ -21,7 +21,7 @@ import torch
 
 from ..clip_scorer import ClipScorer
 from ..generate import add_pipeline_arguments, check_pipeline_arguments, load
-from ..generation_config import GenerationConfig, add_arguments, from_arguments
+from ..generation_config import GenerationConfig, add_arguments, given_options, with_options
 from ..image_grid import caption_grid, to_pil
 from ..pipeline import DalleMiniPipeline
 from ..vqgan import VQGAN
@@ -112,8 +112,10 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     check_pipeline_arguments(p, args)
     pipe = load(args)
-    sampling = from_arguments(args, pipe.generation_config if args.pipeline else EVALUATION)
-    report = evaluate(pipe, args.out, args.prompts, sampling.replace(seed=sampling.seed or 0))
+    defaults = pipe.generation_config if args.pipeline else EVALUATION
+    # the flags' one merge; a run without a seed anywhere takes 0, so that its report can be repeated
+    sampling = with_options(defaults, {"seed": defaults.seed or 0, **given_options(args)})
+    report = evaluate(pipe, args.out, args.prompts, sampling)
     print(markdown(report))
     return report
 
