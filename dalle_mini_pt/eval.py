@@ -25,6 +25,7 @@ from dalle_mini_pt.config_dir import CONFIG_DIR
 from dalle_mini_pt.train import check_compatible, instantiate_group
 from dalle_mini_pt.training.divergence import refuse_non_finite
 from dalle_mini_pt.training.preflight import check_architecture, check_finite_options, read_checkpoint
+from dalle_mini_pt.training.xla_precision import instantiate_trainer
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -40,7 +41,7 @@ def evaluate(cfg: DictConfig) -> dict:
         check_architecture(ckpt, Path(ckpt_path), model)
         refuse_non_finite(ckpt.get("state_dict", {}), f"ckpt_path={ckpt_path}",
                           "Evaluate a checkpoint saved before its run diverged.")
-    trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
+    trainer = instantiate_trainer(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path or None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}

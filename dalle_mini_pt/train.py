@@ -37,6 +37,7 @@ from dalle_mini_pt.training.preflight import (
     resolve_last,
 )
 from dalle_mini_pt.training.run_logs import log_run, rich_callbacks
+from dalle_mini_pt.training.xla_precision import instantiate_trainer
 
 
 def check_compatible(datamodule, model) -> None:
@@ -78,7 +79,7 @@ def build(cfg: DictConfig):
         callbacks = guarded(instantiate_group(cfg.get("callbacks")))
     callbacks += rich_callbacks(callbacks, cfg.trainer)
     loggers = instantiate_group(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
 
 

@@ -9,6 +9,7 @@ from conftest import compose_train
 from hydra.utils import instantiate
 
 from dalle_mini_pt.train import CONFIG_DIR, build, check_compatible, instantiate_group
+from dalle_mini_pt.training.xla_precision import instantiate_trainer
 
 EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml"))
 
@@ -39,7 +40,7 @@ def test_every_experiment_composes_and_instantiates(experiment, tiny_data, tmp_p
         with capsys.disabled():
             print(f"\n[{experiment}] Trainer not built: accelerator=gpu needs a CUDA device")
         pytest.skip("no CUDA device: the GPU Trainer cannot be built on this machine")
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=False)
     assert trainer.max_steps == cfg.trainer.max_steps
 
 
@@ -49,7 +50,7 @@ def test_tpu_experiment_is_the_2021_recipe(tiny_data, tmp_path):
     assert cfg.data.batch_size == 56 and cfg.trainer.accumulate_grad_batches == 8
     assert cfg.optimizer.lr == 0.005 and cfg.optimizer.scale_parameter and cfg.optimizer.clip_threshold == 1.0
     assert cfg.optimizer.decay_rate == -0.8 and cfg.scheduler.warmup_steps == 250
-    assert cfg.trainer.precision == "bf16-true"
+    assert cfg.trainer.precision == "bf16-mixed"
     assert cfg.model.net.pretrained_bart == "facebook/bart-large-cnn"
     assert cfg.model.net.config.ln_positions == "postln" and cfg.model.net.config.max_text_length == 128
 
