@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import compose_train
+from helpers import compose_train
 from hydra.utils import instantiate
 
 from dalle_mini_pt.train import CONFIG_DIR, build, check_compatible, instantiate_group

@@ -1,7 +1,7 @@
 import json
 
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
