@@ -1,6 +1,8 @@
 """What several test modules build the same way: tiny model configs of each supported option set, and the
 real training config composed as the entry point composes it. (Fixtures live in conftest.py.)"""
 
+import pytest
+
 from dalle_mini_pt.config import DalleBartConfig
 
 # option sets the model claims to support, at test size
@@ -30,3 +32,24 @@ def compose_train(overrides=(), output_dir=None):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         extra = [f"paths.output_dir={output_dir}"] if output_dir else []
         return compose(config_name="train", overrides=list(overrides) + extra)
+
+
+def check_rates(rates: dict, prompts: int) -> None:
+    """What an evaluation's per-attribute rates must satisfy, whatever the model: each is a count over the
+    split's prompts (a multiple of 1/prompts), and `all` needs colour and shape, which need each alone."""
+    assert set(rates) == {"colour", "shape", "size", "position", "colour_and_shape", "all"}
+    for name, rate in rates.items():
+        assert abs(rate * prompts - round(rate * prompts)) < 1e-9 and 0 <= round(rate * prompts) <= prompts, \
+            (name, rate, prompts)
+    assert rates["all"] <= rates["colour_and_shape"] <= min(rates["colour"], rates["shape"]), rates
+
+
+def check_reconstruction(report: dict, vqgan) -> None:
+    """The report's VQGAN figures are those of `vqgan` (the VQGAN the evaluation was given), recomputed."""
+    from dalle_mini_pt.shapes.evaluate import reconstruction
+
+    for split in ("validation", "heldout"):
+        # approx: the report may come from another process, whose thread count can change float sums
+        recomputed = reconstruction(vqgan, split)
+        assert report["vqgan_reconstruction"][split] == pytest.approx(recomputed, rel=1e-4), split
+    assert report["vqgan_psnr_db"] == report["vqgan_reconstruction"]["validation"]["psnr_db"]

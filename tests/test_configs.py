@@ -40,7 +40,8 @@ def test_every_experiment_composes_and_instantiates(experiment, tiny_data, tmp_p
             print(f"\n[{experiment}] Trainer not built: accelerator=gpu needs a CUDA device")
         pytest.skip("no CUDA device: the GPU Trainer cannot be built on this machine")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
-    assert trainer.max_steps == cfg.trainer.max_steps
+    # every experiment stops: Lightning trains forever when max_steps and max_epochs are both -1
+    assert trainer.max_steps >= 1 or trainer.max_epochs >= 1, (trainer.max_steps, trainer.max_epochs)
 
 
 def test_tpu_experiment_is_the_2021_recipe(tiny_data, tmp_path):

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import check_rates, check_reconstruction
 from nbclient import NotebookClient
 from PIL import Image
+
+from dalle_mini_pt.vqgan import VQGAN
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("vqgan", "data", "dallebart", "clip", "evaluate")
@@ -49,12 +52,12 @@ def test_train_notebook_runs_every_stage_and_writes_the_report(smoke_run):
     for stage in STAGES:
         assert (out / stage / "done.json").is_file(), stage
     report = json.loads((out / "evaluate" / "report.json").read_text())
-    assert report["vqgan_psnr_db"] > 0
+    # six VQGAN steps promise no quality (7.4 dB in one run, below a white image's 13.0 on these scenes):
+    # what must hold is that the figures are the vqgan stage's trained VQGAN's, and counts over the prompts
+    check_reconstruction(report, VQGAN.from_pretrained(out / "vqgan" / "model"))
     for split in ("validation", "heldout"):
         for selection in ("first_sample", "clip_best_of_n"):
-            rates = report["splits"][split][selection]
-            assert set(rates) == {"colour", "shape", "size", "position", "colour_and_shape", "all"}
-            assert all(0.0 <= r <= 1.0 for r in rates.values())
+            check_rates(report["splits"][split][selection], prompts=report["prompts_per_split"])
         grid = Image.open(out / "evaluate" / f"{split}_grid.png")
         assert grid.width >= 2 * 64 * 2  # two 64 px images per row at scale 2
     assert (out / "dallebart" / "model" / "config.json").is_file()
