@@ -47,6 +47,7 @@ def _check_min_dalle(rows, ours_dtype="float32"):
         assert "skipped" in row["mindalle"]
 
 
+@pytest.mark.slow  # child processes per row, min-dalle's and the JAX reference's among them
 def test_bench_tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS",
                        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
