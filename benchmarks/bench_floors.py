@@ -82,7 +82,7 @@ def _cpu_floors(shapes: dict) -> dict:
 
 def _cuda_floors(shapes: dict) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False  # the default; the float32 rows run without it
-    # random data, never zeros (METHOD.md: a product of zeros ran 13% faster on an H200 here)
+    # random data, never zeros: a product of zeros can run faster than real data (docs/gpu.md)
     out = {"copy_GBps": _cuda_copy_GBps(shapes["copy"])}
     n = shapes["gemm"]
     for name, dtype in DTYPES.items():

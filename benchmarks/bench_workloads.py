@@ -49,7 +49,7 @@ def model_config(**overrides):
     from dalle_mini_pt.config import DalleBartConfig
 
     values = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "dalle_mini.yaml").net.config)
-    values.pop("_target_")
+    values.pop("_target_", None)  # conf/model/dallebart_base.yaml names the class
     return DalleBartConfig(**{**values, **overrides})
 
 

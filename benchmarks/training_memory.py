@@ -32,7 +32,7 @@ def config(name: str) -> DalleBartConfig:
     if "defaults" in node:  # dalle_mega.yaml extends dalle_mini.yaml
         node = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "model" / "dalle_mini.yaml"), node)
     values = OmegaConf.to_container(node.net.config)
-    values.pop("_target_")
+    values.pop("_target_", None)  # conf/model/dallebart_base.yaml names the class
     return DalleBartConfig(**values)
 
 

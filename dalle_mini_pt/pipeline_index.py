@@ -4,25 +4,21 @@ sampling."""
 
 from __future__ import annotations
 
-from .generation_config import GenerationConfig
+from .generation_config import GenerationConfig, is_whole
 
 # key -> (what it must be, the test); the other keys are optional or checked where they are used
 _REQUIRED = {
     "model": ("a sub-folder name", lambda v: isinstance(v, str) and v != ""),
     "tokenizer": ("a sub-folder name", lambda v: isinstance(v, str) and v != ""),
     "vqgan": ("a sub-folder name", lambda v: isinstance(v, str) and v != ""),
-    "text_length": ("a whole number >= 1", lambda v: _whole(v) and v >= 1),
+    "text_length": ("a whole number >= 1", lambda v: is_whole(v) and v >= 1),
     "generation_config": ("an object of sampling options", lambda v: isinstance(v, dict)),
 }
 _OPTIONAL = {
     "clip": ("a sub-folder name or null", lambda v: v is None or (isinstance(v, str) and v != "")),
     "text_normalizer": ("an object or null", lambda v: v is None or isinstance(v, dict)),
-    "decode_batch_size": ("a whole number >= 1", lambda v: _whole(v) and v >= 1),
+    "decode_batch_size": ("a whole number >= 1", lambda v: is_whole(v) and v >= 1),
 }
-
-
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_index(index, name: str) -> dict:

@@ -79,7 +79,7 @@ def _grad_off(device: torch.device):
     return torch.no_grad() if device.type == "xla" else torch.inference_mode()  # XLA: no inference views
 
 
-def _init_cache(model: DalleBart, input_ids, attention_mask, uncond, num_images: int, cut_text: bool,
+def init_cache(model: DalleBart, input_ids, attention_mask, uncond, num_images: int, cut_text: bool,
                 out: Optional[DecoderCache] = None):
     """One encoder pass over the prompts and the unconditional prompt. Rows are grouped by the prompt they
     attend to: the images of each prompt, then (guided) one unconditional group mirroring each of those.
@@ -204,7 +204,7 @@ def _start(model: DalleBart, input_ids, attention_mask, config: GenerationConfig
     with _grad_off(device):
         slot = (_graph_slot(model, input_ids, config, noise, return_logits, blocks) if config.graphed
                 else None)
-        cache = _init_cache(model, input_ids, attention_mask, uncond if config.guided else None,
+        cache = init_cache(model, input_ids, attention_mask, uncond if config.guided else None,
                             config.num_images, cut_text=device.type != "xla" and not config.graphed,
                             out=slot.loop.cache if slot and slot.loop else None)
         loop = (slot.loop if slot and slot.loop

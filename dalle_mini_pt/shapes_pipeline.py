@@ -1,8 +1,8 @@
 """The embedded default: a complete text-to-image run on the procedural shape scenes, nothing downloaded.
 
-    python -m dalle_mini_pt.shapes_pipeline                  # the full run: 15 min measured on 2 CPU cores
+    python -m dalle_mini_pt.shapes_pipeline                  # the full run (README: how long it takes)
     python -m dalle_mini_pt.shapes_pipeline --config-name shapes_smoke out_dir=/tmp/smoke
-        # every stage for a few steps: 2 min 5 s measured on 2 busy cores, mostly the stages' start-up
+        # every stage for a few steps: what the tests and notebooks run
 
 Its stages (`shapes/stages.py`) each run only when their inputs changed: a re-run skips finished ones.
 """

@@ -8,27 +8,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import dalle_mini_pt  # noqa: E402,F401  (patches torchvision before anything imports it)
-from dalle_mini_pt.config import DalleBartConfig  # noqa: E402
 from dalle_mini_pt.data import tiny_dataset  # noqa: E402
 
 torch.set_num_threads(2)
-
-# option sets the model claims to support, at test size
-TINY = dict(encoder_vocab_size=512, image_vocab_size=40, codebook_size=32, image_length=16,
-            max_text_length=16, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-            decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48)
-VARIANTS = {
-    "normformer": dict(),
-    "normformer_headscale_lnscale": dict(use_head_scale=True, force_ln_scale=True),
-    "preln_ffn_bias": dict(ln_positions="preln", use_glu=False, use_bias=True),
-    "postln_2021": dict(ln_positions="postln", use_glu=False, use_bias=True, position_offset=2,
-                        text_positions=32, image_positions=17, use_final_ln_encoder=False,
-                        use_final_ln_decoder=False),
-}
-
-
-def tiny_config(variant: str = "normformer", **overrides) -> DalleBartConfig:
-    return DalleBartConfig(**{**TINY, **VARIANTS[variant], **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -42,14 +24,3 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_data(data_dir):
     return data_dir / "tiny"
-
-
-def compose_train(overrides=(), output_dir=None):
-    """The real `conf/train.yaml`, composed as the entry point would (without Hydra's run dir)."""
-    from hydra import compose, initialize_config_dir
-
-    from dalle_mini_pt.train import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        extra = [f"paths.output_dir={output_dir}"] if output_dir else []
-        return compose(config_name="train", overrides=list(overrides) + extra)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import httpx
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 

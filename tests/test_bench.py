@@ -9,17 +9,14 @@ not the speed. The README's computed memory table and its GPU table are what the
 """
 
 import json
-import sys
 from pathlib import Path
 
+import bench  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
+import bench_report
+import cpu_choices
+import generation_memory
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import bench  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
-import bench_report  # noqa: E402
-import cpu_choices  # noqa: E402
-import generation_memory  # noqa: E402
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -50,6 +47,7 @@ def _check_min_dalle(rows, ours_dtype="float32"):
         assert "skipped" in row["mindalle"]
 
 
+@pytest.mark.slow  # child processes per row, min-dalle's and the JAX reference's among them
 def test_bench_tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS",
                        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")

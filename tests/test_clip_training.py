@@ -1,6 +1,6 @@
 import numpy as np
 import torch
-from conftest import compose_train
+from helpers import compose_train
 
 from dalle_mini_pt.clip_scorer import ClipScorer
 from dalle_mini_pt.shapes.scenes import make_split

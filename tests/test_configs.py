@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import compose_train
+from helpers import compose_train
 from hydra.utils import instantiate
 
 from dalle_mini_pt.train import CONFIG_DIR, build, check_compatible, instantiate_group
@@ -41,7 +41,8 @@ def test_every_experiment_composes_and_instantiates(experiment, tiny_data, tmp_p
             print(f"\n[{experiment}] Trainer not built: accelerator=gpu needs a CUDA device")
         pytest.skip("no CUDA device: the GPU Trainer cannot be built on this machine")
     trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=False)
-    assert trainer.max_steps == cfg.trainer.max_steps
+    # every experiment stops: Lightning trains forever when max_steps and max_epochs are both -1
+    assert trainer.max_steps >= 1 or trainer.max_epochs >= 1, (trainer.max_steps, trainer.max_epochs)
 
 
 def test_tpu_experiment_is_the_2021_recipe(tiny_data, tmp_path):

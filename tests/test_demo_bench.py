@@ -2,14 +2,11 @@
 every table fills with positive numbers and the batcher merges what two clients send together."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("gradio", reason="the demo needs the [demo] extra: pip install -e .[demo]")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import demo_bench  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+import demo_bench  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 
 pytestmark = pytest.mark.slow
 

@@ -181,6 +181,7 @@ def sweep(data_dir, out, lrs: str):
                    "trainer.val_check_interval=3", "+trainer.limit_val_batches=1", f"hydra.sweep.dir={out}")
 
 
+@pytest.mark.slow  # a two-trial sweep in a subprocess
 def test_a_sweep_records_a_diverging_trial_as_failed_and_goes_on(data_dir, tmp_path):
     proc = sweep(data_dir, tmp_path, "1e30,0.001")  # the sampler's seed draws 1e30 first, then 0.001
     assert proc.returncode == 0, proc.stderr[-3000:]

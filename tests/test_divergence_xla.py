@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch_xla",
                     reason="torch_xla is not installed (bash scripts/xla_env.sh builds .venv-xla)")
 
-from conftest import compose_train  # noqa: E402
+from helpers import compose_train  # noqa: E402
 from test_xla import PhaseProbe, graph_runs, xla_cpu_device  # noqa: E402,F401  (the fixture, by name)
 
 from dalle_mini_pt.train import build  # noqa: E402

@@ -197,6 +197,7 @@ def test_each_input_layout_encodes_the_same_images_to_the_same_codes(images, vqg
     assert all(b["item"].split(":")[0] in map(str, tars) for b in tar_report["bad"])
 
 
+@pytest.mark.slow  # a subprocess
 def test_command_line_tool_with_saved_weights(images, vqgan, tmp_path):
     """`python -m dalle_mini_pt.data.encode` composes conf/encode.yaml and loads the VQGAN weights file."""
     vqgan.save_safetensors(tmp_path / "vqgan.safetensors")

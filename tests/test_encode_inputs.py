@@ -213,7 +213,7 @@ def test_inputs_that_name_no_file_or_one_name_twice_are_refused(images, tmp_path
 @pytest.mark.slow
 def test_an_img2dataset_parquet_goes_from_encode_to_train_with_no_step_between(images, tiny_data, tmp_path):
     """The commands a user runs: img2dataset's parquet output -> the encoder -> the trainer."""
-    from conftest import compose_train
+    from helpers import compose_train
 
     from dalle_mini_pt.train import train
 

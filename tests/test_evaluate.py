@@ -1,7 +1,7 @@
 import json
 
 import torch
-from conftest import tiny_config
+from helpers import check_rates, check_reconstruction, tiny_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -11,6 +11,7 @@ from dalle_mini_pt.shapes.evaluate import main
 from dalle_mini_pt.shapes.scenes import make_split
 from dalle_mini_pt.tokenizer import TextTokenizer
 from dalle_mini_pt.train import CONFIG_DIR
+from dalle_mini_pt.vqgan import VQGAN
 
 
 def test_evaluate_writes_the_report_and_grids(tmp_path):
@@ -26,14 +27,11 @@ def test_evaluate_writes_the_report_and_grids(tmp_path):
                    str(tmp_path / "clip"), "--out", str(tmp_path / "eval"), "--prompts", "3",
                    "--num-images", "2", "--top-k", "8"])
     assert report == json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert 0 < report["vqgan_psnr_db"] < 60
-    recon = report["vqgan_reconstruction"]
-    assert recon["validation"]["psnr_db"] == report["vqgan_psnr_db"] and 0 < recon["heldout"]["psnr_db"] < 60
-    assert all(0.0 <= recon[s]["colour_and_shape"] <= 1.0 for s in recon)
+    # reconstructions are clamped to [0, 1], so any PSNR is above 0: what can be wrong is whose figures
+    # they are, so they are recomputed from the saved VQGAN
+    check_reconstruction(report, VQGAN.from_pretrained(tmp_path / "vqgan"))
     for split in ("validation", "heldout"):
         for selection in ("first_sample", "clip_best_of_n"):
-            rates = report["splits"][split][selection]
-            assert set(rates) == {"colour", "shape", "size", "position", "colour_and_shape", "all"}
-            assert all(0.0 <= v <= 1.0 for v in rates.values())
+            check_rates(report["splits"][split][selection], prompts=3)
         assert (tmp_path / "eval" / f"{split}_grid.png").exists()
     assert "| heldout | clip_best_of_n |" in (tmp_path / "eval" / "report.md").read_text()

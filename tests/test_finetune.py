@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import compose_train
+from helpers import compose_train
 from huggingface_hub import constants
 from hydra.utils import instantiate
 from local_hub import LocalHub
@@ -222,7 +222,7 @@ def test_generation_checks_the_tokenizer_against_the_embedding(tiny_data, tmp_pa
     path, rows = one_larger_tokenizer(tmp_path, tiny_data)
     tokenizer = TextTokenizer.from_pretrained(str(path), 16)
     torch.manual_seed(0)
-    from conftest import tiny_config
+    from helpers import tiny_config
 
     pipe = DalleMiniPipeline(DalleBart(tiny_config(image_length=256, image_vocab_size=32,
                                                    encoder_vocab_size=rows)),
@@ -263,7 +263,7 @@ def test_the_reference_vqgan_loads_at_its_pinned_commit_unless_told(tmp_path, mo
 
 
 def compose_config(**changes):
-    from conftest import tiny_config
+    from helpers import tiny_config
 
     torch.manual_seed(0)
     return tiny_config(image_length=256, image_vocab_size=32, **changes)
@@ -315,7 +315,6 @@ def test_every_finetune_experiment_composes(tiny_data, tmp_path):
 
 
 def test_the_readme_memory_table_is_the_computed_one():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from training_memory import table
 
     assert table() in (ROOT / "README.md").read_text()

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import compose_train
+from helpers import compose_train
 from hydra.utils import instantiate
 from pytorch_lightning.strategies import FSDPStrategy
 

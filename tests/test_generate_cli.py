@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train, tiny_config
+from helpers import compose_train, tiny_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
@@ -31,6 +31,7 @@ def checkpoint_dir(tiny_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_writes_one_grid_per_prompt_and_prints_scores(checkpoint_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dalle_mini_pt.generate", "a red square on the left", "a blue circle",

@@ -1,7 +1,7 @@
 import csv
 
 import pytest
-from conftest import compose_train
+from helpers import compose_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dalle_mini_pt.train import train

@@ -7,7 +7,7 @@ import re
 import msgpack
 import pytest
 import torch
-from conftest import VARIANTS, compose_train, tiny_config
+from helpers import VARIANTS, compose_train, tiny_config
 from huggingface_hub import constants
 from local_hub import COMMIT, LocalHub
 from safetensors.torch import load_file, save_file

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from huggingface_hub import constants
 from hydra.utils import instantiate
 from local_hub import LocalHub

@@ -7,7 +7,7 @@ import io
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from dalle_mini_pt.huge_pages import HUGE_PAGE, huge_pages_available, move_to_huge_pages
 from dalle_mini_pt.model import DalleBart

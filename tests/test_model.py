@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import VARIANTS, tiny_config
+from helpers import VARIANTS, tiny_config
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from transformers import BartConfig, BartModel

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image

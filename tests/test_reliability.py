@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import compose_train
+from helpers import compose_train
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -76,6 +76,7 @@ def test_every_validation_pass_reads_the_whole_set_uninterrupted_and_resumed(dat
 
 # --- 2. learning rates that train nothing or go uphill ---------------------------------------------------
 
+@pytest.mark.slow  # a subprocess per run
 @pytest.mark.parametrize("lr, says", [("-1", "gradient ascent"), ("0", "leave every weight as it is")])
 def test_a_learning_rate_of_zero_or_below_is_refused_before_training(lr, says, data_dir, tmp_path):
     proc = command("dalle_mini_pt.train", "+experiment=debug", f"paths.data_dir={data_dir}",
@@ -86,6 +87,7 @@ def test_a_learning_rate_of_zero_or_below_is_refused_before_training(lr, says, d
 
 # --- 3 and 8. generation options and outputs, checked before anything is loaded ---------------------------
 
+@pytest.mark.slow  # a subprocess per run
 def test_sampling_options_that_cannot_sample_fail_before_the_model_loads(tmp_path):
     """The pipeline path does not exist: an error about it would mean the options were checked too late."""
     for flag, value in (("--condition-scale", "nan"), ("--condition-scale", "inf"), ("--temperature", "inf")):
@@ -234,6 +236,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # a subprocess per run
 def test_a_kill_during_saving_leaves_an_intact_checkpoint(tmp_path):
     path = tmp_path / "checkpoints" / "last.ckpt"
     saver = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], env=ENV, stdout=subprocess.PIPE,
@@ -249,6 +252,7 @@ def test_a_kill_during_saving_leaves_an_intact_checkpoint(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # the killed save's temporary is gone
 
 
+@pytest.mark.slow  # a subprocess per run
 def test_an_empty_checkpoint_is_named_with_the_newest_intact_one(data_dir, tmp_path):
     run = tmp_path / "run"
     train(debug(data_dir, run, "trainer.max_steps=10", "callbacks.model_checkpoint.every_n_train_steps=5"))
@@ -289,6 +293,7 @@ def test_values_of_the_wrong_type_and_other_architectures_are_named(data_dir, tm
         train(cfg)
 
 
+@pytest.mark.slow  # a subprocess per run
 def test_the_encoder_checks_its_weights_before_scanning_the_input(tmp_path):
     proc = command("dalle_mini_pt.data.encode", f"input.path={tmp_path / 'not_scanned_yet'}",
                    f"output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'logs'}")

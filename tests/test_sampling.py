@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import VARIANTS, tiny_config
+from helpers import VARIANTS, tiny_config
 
 from dalle_mini_pt.generation_config import GenerationConfig
 from dalle_mini_pt.model import DalleBart

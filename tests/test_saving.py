@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_train
+from helpers import compose_train
 from hydra.errors import InstantiationException
 from test_hub_mixin import component
 from test_reliability import command, debug

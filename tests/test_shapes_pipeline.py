@@ -9,8 +9,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import check_rates, check_reconstruction
 from nbclient import NotebookClient
 from PIL import Image
+
+from dalle_mini_pt.vqgan import VQGAN
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("vqgan", "data", "dallebart", "clip", "evaluate")
@@ -43,17 +46,18 @@ def pipeline(out: Path, *overrides: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
+@pytest.mark.slow  # needs the smoke run (notebook)
 def test_train_notebook_runs_every_stage_and_writes_the_report(smoke_run):
     out, nb = smoke_run
     for stage in STAGES:
         assert (out / stage / "done.json").is_file(), stage
     report = json.loads((out / "evaluate" / "report.json").read_text())
-    assert report["vqgan_psnr_db"] > 0
+    # six VQGAN steps promise no quality (7.4 dB in one run, below a white image's 13.0 on these scenes):
+    # what must hold is that the figures are the vqgan stage's trained VQGAN's, and counts over the prompts
+    check_reconstruction(report, VQGAN.from_pretrained(out / "vqgan" / "model"))
     for split in ("validation", "heldout"):
         for selection in ("first_sample", "clip_best_of_n"):
-            rates = report["splits"][split][selection]
-            assert set(rates) == {"colour", "shape", "size", "position", "colour_and_shape", "all"}
-            assert all(0.0 <= r <= 1.0 for r in rates.values())
+            check_rates(report["splits"][split][selection], prompts=report["prompts_per_split"])
         grid = Image.open(out / "evaluate" / f"{split}_grid.png")
         assert grid.width >= 2 * 64 * 2  # two 64 px images per row at scale 2
     assert (out / "dallebart" / "model" / "config.json").is_file()
@@ -61,6 +65,7 @@ def test_train_notebook_runs_every_stage_and_writes_the_report(smoke_run):
     assert "| dallebart | ran |" in printed and "step  train/loss" in printed
 
 
+@pytest.mark.slow  # needs the smoke run (notebook)
 def test_inference_notebook_generates_ranked_images(smoke_run):
     out, _ = smoke_run
     printed = text_output(execute("inference.ipynb", out))
@@ -68,6 +73,7 @@ def test_inference_notebook_generates_ranked_images(smoke_run):
     assert printed.count("→ {'colour':") == 2  # the judge's verdict for each prompt's best image
 
 
+@pytest.mark.slow  # needs the smoke run (notebook)
 def test_rerun_skips_finished_stages_and_redoes_changed_ones(smoke_run):
     out, _ = smoke_run
     model_file = out / "dallebart" / "model" / "model.safetensors"
@@ -85,6 +91,7 @@ def test_rerun_skips_finished_stages_and_redoes_changed_ones(smoke_run):
     assert json.loads((out / "evaluate" / "report.json").read_text())["num_images"] == 3
 
 
+@pytest.mark.slow  # needs the smoke run (notebook)
 def test_bad_overrides_fail_before_any_stage_runs(smoke_run):
     out, _ = smoke_run
     before = (out / "clip" / "done.json").read_text()
@@ -93,6 +100,7 @@ def test_bad_overrides_fail_before_any_stage_runs(smoke_run):
     assert "running" not in failed.stdout and (out / "clip" / "done.json").read_text() == before
 
 
+@pytest.mark.slow  # needs the smoke run (notebook)
 def test_a_failing_stage_stops_the_run_and_keeps_finished_stages(smoke_run):
     out, _ = smoke_run
     failed = pipeline(out, 'stages.clip=["+experiment=shapes_clip","optimizer.lr=-1"]')  # AdamW refuses it
@@ -112,11 +120,12 @@ def test_a_stage_fingerprint_follows_its_experiment_file():
     assert f"max_steps: {steps}" in train_spec(["+experiment=shapes_vqgan"])["config"]
 
 
+@pytest.mark.slow  # needs the smoke run (notebook)
 def test_no_held_out_pair_reaches_dallebart_or_clip_with_its_caption(smoke_run):
     """The split's rule, on what the stages actually trained on: the encoded shards' captions and the CLIP
     stage's training captions; and on the two-object and partial-caption options at scale."""
     import pyarrow.parquet as pq
-    from conftest import compose_train
+    from helpers import compose_train
     from hydra.utils import instantiate
 
     from dalle_mini_pt.shapes.scenes import HELD_OUT, make_split, named_pairs

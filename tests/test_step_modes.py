@@ -15,13 +15,13 @@ import warnings
 
 import pytest
 import torch
-from conftest import VARIANTS, tiny_config
+from helpers import VARIANTS, tiny_config
 from test_sampling import prompts, tiny_model
 
 from dalle_mini_pt import GenerationConfig, cuda_graph
 from dalle_mini_pt.generation_config import option_field
 from dalle_mini_pt.model import DalleBart
-from dalle_mini_pt.sampling import _init_cache
+from dalle_mini_pt.sampling import init_cache
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -61,17 +61,17 @@ def test_a_kept_cache_is_refilled_in_place():
     model = tiny_model()
     ids, mask, uids, umask = prompts()
     with torch.inference_mode():
-        fresh = _init_cache(model, ids[:1], mask[:1], (uids, umask), 2, cut_text=False)
-        kept = _init_cache(model, ids[1:], mask[1:], (uids, umask), 2, cut_text=False)
+        fresh = init_cache(model, ids[:1], mask[:1], (uids, umask), 2, cut_text=False)
+        kept = init_cache(model, ids[1:], mask[1:], (uids, umask), 2, cut_text=False)
         kept.self_k.fill_(float("nan"))
-        again = _init_cache(model, ids[:1], mask[:1], (uids, umask), 2, cut_text=False, out=kept)
+        again = init_cache(model, ids[:1], mask[:1], (uids, umask), 2, cut_text=False, out=kept)
         assert again is kept and kept.self_k.abs().sum() == 0  # a masked NaN would still reach softmax @ V
         for name in ("cross_k", "cross_v"):
             for new, old in zip(getattr(kept, name), getattr(fresh, name)):
                 assert torch.equal(new, old)
         assert torch.equal(kept.cross_mask, fresh.cross_mask)
         with pytest.raises(ValueError, match="other shapes"):
-            _init_cache(model, ids, mask, (uids, umask), 2, cut_text=False, out=kept)
+            init_cache(model, ids, mask, (uids, umask), 2, cut_text=False, out=kept)
 
 
 def test_a_model_keeps_one_slot_and_never_shares_a_busy_one():

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import compose_train
+from helpers import compose_train
 from static_server import StaticServer
 
 from dalle_mini_pt.data import stream_plan

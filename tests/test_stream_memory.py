@@ -1,14 +1,12 @@
 """benchmarks/stream_memory.py end to end at a small size: it prints its table, and streaming a one-row-group
 shard peaks far below reading the group whole. The README quotes the table the full run prints."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import stream_memory  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+import stream_memory  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_train
+from helpers import compose_train
 from transformers import BartConfig, BartModel
 
 from dalle_mini_pt.train import train

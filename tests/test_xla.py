@@ -17,7 +17,7 @@ import torch_xla  # noqa: E402
 import torch_xla._internal.tpu as xla_tpu  # noqa: E402
 import torch_xla.core.xla_model as xm  # noqa: E402
 import torch_xla.debug.metrics as met  # noqa: E402
-from conftest import compose_train  # noqa: E402
+from helpers import compose_train  # noqa: E402
 from pytorch_lightning.accelerators import XLAAccelerator  # noqa: E402
 
 from dalle_mini_pt.tokenizer import TextTokenizer  # noqa: E402

@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.pipeline is None and args.model is None:
         if not (DEFAULT_PIPELINE / "model_index.json").exists():
             p.exit(2, f"no --pipeline given and no trained pipeline in {DEFAULT_PIPELINE}: make it with "
-                      "`python -m dalle_mini_pt.shapes_pipeline` (about 11 minutes on 2 CPU cores), or pass "
+                      "`python -m dalle_mini_pt.shapes_pipeline` (README: how long it takes), or pass "
                       "--pipeline DIR_OR_REPO\n")
         args.pipeline = str(DEFAULT_PIPELINE)
     args.socket = listen(p, args.host, args.port)
