@@ -70,8 +70,11 @@ def _folder(key: str, value, name: str) -> Optional[str]:
         return None
     expected = [LIBRARY, COMPONENT_CLASSES[key]]
     if isinstance(value, list) and len(value) == 2:
-        if value == [None, None] and key in OPTIONAL_COMPONENTS:
-            return None
+        if value == [None, None]:
+            if key in OPTIONAL_COMPONENTS:
+                return None
+            raise ValueError(f"{name}: {key}={value!r} says the pipeline has no {key}, which every pipeline "
+                             f"needs; save the pipeline again with DalleMiniPipeline.save_pretrained")
         if value == expected:
             return key
         raise ValueError(f"{name}: {key}={value!r}: dalle_mini_pt loads its {key} as {expected}; a "

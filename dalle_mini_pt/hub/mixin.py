@@ -159,13 +159,19 @@ class HubMixin:
 
     @classmethod
     def read_file(cls, path: Path, default_config=None) -> StoredComponent:
+        """A single weights file, by its suffix's reader (`file_readers`)."""
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such {cls.__name__} weights file")
         values, state = cls.file_readers[path.suffix](path)
+        origin = str(path)
         if values is None:
-            given = default_config if default_config is not None else cls.config_class()
+            given, read_as = default_config, "the given default_config"
+            if given is None:
+                given, read_as = cls.config_class(), f"{cls.config_class.__name__}()"
             values = dict(given) if isinstance(given, Mapping) else given.to_dict()
-        return StoredComponent(values, state, str(path), str(path))
+            # strict loading names the origin when the tensors disagree: say where the config came from
+            origin += f" (records no config, so read as {read_as}; pass default_config= of its architecture)"
+        return StoredComponent(values, state, origin, str(path))
 
     @classmethod
     def config_from(cls, stored: StoredComponent, **overrides):
