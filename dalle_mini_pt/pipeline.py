@@ -164,11 +164,14 @@ class DalleMiniPipeline:
         """A pipeline saved by `save_pretrained`: a directory or hub repo holding its model_index.json.
         `hub_kwargs` (`revision`, `cache_dir`, `local_files_only`, `token`, `endpoint`) reach the repo.
         Separately saved components (a model repo, a VQGAN, ...) make a pipeline with `from_components`."""
-        parts = sorted(set(hub_kwargs) - set(HUB_ARGUMENTS))
-        if parts:
+        unknown = sorted(set(hub_kwargs) - set(HUB_ARGUMENTS))
+        if set(unknown) & {"model", "vqgan", "clip", "tokenizer", "vqgan_revision"}:
             raise TypeError(f"DalleMiniPipeline.from_pretrained loads a saved pipeline only and takes no "
-                            f"{', '.join(parts)}: build one from parts with DalleMiniPipeline"
+                            f"{', '.join(unknown)}: build one from parts with DalleMiniPipeline"
                             ".from_components(model=..., vqgan=..., clip=..., tokenizer=...)")
+        if unknown:
+            raise TypeError(f"DalleMiniPipeline.from_pretrained got unexpected arguments {unknown}; it takes "
+                            f"device, dtype and {', '.join(HUB_ARGUMENTS)}")
         device = torch.device(device or "cpu")
         if Path(name_or_path).expanduser().is_file():
             raise FileNotFoundError(f"{name_or_path} is a file, not a pipeline directory: build a pipeline "
