@@ -13,6 +13,7 @@ Pipelines saved by earlier versions read the same: their index names each compon
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Optional
 
 from .generation_config import GenerationConfig, is_whole
@@ -65,6 +66,8 @@ def index_values(has_clip: bool, text_length: int, text_normalizer: Optional[dic
 def _folder(key: str, value, name: str) -> Optional[str]:
     """The sub-folder of component `key`, None where the pipeline has none."""
     if isinstance(value, str) and value:  # an earlier version's index: the folder itself
+        if value.startswith(("/", "\\")) or ".." in PurePosixPath(value.replace("\\", "/")).parts:
+            raise ValueError(f"{name}: {key}={value!r} must be a sub-folder of the pipeline's own folder")
         return value
     if value is None and key in OPTIONAL_COMPONENTS:
         return None

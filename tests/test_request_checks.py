@@ -85,6 +85,7 @@ def saved(tiny_data, tmp_path_factory):
     ({"decode_batch_size": 0}, "decode_batch_size=0 must be a whole number >= 1"),
     ({"model": None}, "model=None must be a sub-folder name"),
     ({"model": 5}, "model=5 must be a sub-folder name"),
+    ({"model": "../elsewhere"}, "model='../elsewhere' must be a sub-folder of the pipeline's own folder"),
     ({"generation_config": {"top_k": -1}}, "top_k=-1 must be a whole number >= 1"),
     # each component's [library, class] (test_loading.py reads both index formats)
     ({"vqgan": ["dalle_mini_pt", "ClipScorer"]},
