@@ -19,7 +19,7 @@ from typing import Optional
 
 from .config import DalleBartConfig
 from .hub.lightning import LORA_KEY, load_lightning_checkpoint, network_config, network_state
-from .hub.mixin import Checkpoint
+from .hub.mixin import StoredComponent
 from .hub.saving import check_target
 from .model import DalleBart
 from .training.divergence import refuse_non_finite
@@ -32,8 +32,8 @@ def load_trained(ckpt_path) -> DalleBart:
     refuse_non_finite(network_state(ckpt), str(ckpt_path),
                       "Export a checkpoint saved before the run diverged.")
     if LORA_KEY not in ckpt:
-        return DalleBart.from_checkpoint(Checkpoint(network_config(ckpt), network_state(ckpt), str(ckpt_path),
-                                                    str(ckpt_path)))
+        stored = StoredComponent(network_config(ckpt), network_state(ckpt), str(ckpt_path), str(ckpt_path))
+        return DalleBart.from_stored(stored)
     net = DalleBart(DalleBartConfig.from_dict(network_config(ckpt)))
     return merged(net, LoraSettings(**ckpt[LORA_KEY]), network_state(ckpt)).eval()
 

@@ -121,7 +121,7 @@ def load(args) -> DalleMiniPipeline:
     if args.pipeline is not None:
         return DalleMiniPipeline.from_pretrained(args.pipeline, device=device, dtype=dtype,
                                                  revision=args.revision)
-    return DalleMiniPipeline.from_pretrained(args.model, args.vqgan, clip=args.clip, tokenizer=args.tokenizer,
+    return DalleMiniPipeline.from_components(args.model, args.vqgan, clip=args.clip, tokenizer=args.tokenizer,
                                              device=device, dtype=dtype, revision=args.revision,
                                              vqgan_revision=args.vqgan_revision)
 

@@ -4,12 +4,12 @@ A decoding step streams every weight once, a few rows at a time, so it runs at m
 pages the 772 MB of a mini step cross 190k pages and the TLB misses show (docs/cpu_decoding.md: what 2 MiB
 pages save, and the command that measures it). PyTorch advises huge pages only under
 `THP_MEM_ALLOC_ENABLE=1`, read before its first allocation, which is too early for a library. So weights
-are moved instead, as a step of loading (`DalleMiniPipeline.from_pretrained` and the benchmark call
-`move_to_huge_pages`; sampling never moves what it is given): each layer weight is copied into a fresh
-private mapping advised `MADV_HUGEPAGE`, whose first touch (the copy) faults it in as 2 MiB pages. The
-tensor covers exactly its bytes of the mapping (a saved state dict is no bigger), and the mapping is
-unmapped with the tensor's storage. One parameter at a time, so memory never holds two models. Nothing
-moves where the kernel has huge pages off ("never") or off Linux.
+are moved instead, as a step of loading (`pipeline.load_model`, where every pipeline load path takes its
+model, and the benchmark call `move_to_huge_pages`; sampling never moves what it is given): each layer
+weight is copied into a fresh private mapping advised `MADV_HUGEPAGE`, whose first touch (the copy) faults
+it in as 2 MiB pages. The tensor covers exactly its bytes of the mapping (a saved state dict is no bigger),
+and the mapping is unmapped with the tensor's storage. One parameter at a time, so memory never holds two
+models. Nothing moves where the kernel has huge pages off ("never") or off Linux.
 """
 
 from __future__ import annotations

@@ -257,7 +257,7 @@ def build_dallebart(config: DalleBartConfig, pretrained_bart: Optional[str] = No
     if init_from:
         if pretrained_bart:
             raise ValueError("model.init_from gives every weight already: set model.net.pretrained_bart=null")
-        return from_checkpoint_like(config, init_from, **hub_kwargs)
+        return pretrained_of_architecture(config, init_from, **hub_kwargs)
     model = DalleBart(config)
     if pretrained_bart:
         expected, state = read_bart_encoder(pretrained_bart, **hub_kwargs)
@@ -269,7 +269,7 @@ def build_dallebart(config: DalleBartConfig, pretrained_bart: Optional[str] = No
     return model
 
 
-def from_checkpoint_like(config: DalleBartConfig, init_from: str, **hub_kwargs) -> DalleBart:
+def pretrained_of_architecture(config: DalleBartConfig, init_from: str, **hub_kwargs) -> DalleBart:
     """The model `init_from` holds, after checking that the model group describes the same architecture
     (fields the group leaves unset, and the training settings, which the group gives, are not compared)."""
     model = DalleBart.from_pretrained(init_from, **hub_kwargs,

@@ -2,7 +2,9 @@
 
 Data flows one way through separately trained components (DalleBart + tokenizer, VQGAN, CLIP scorer), as a
 diffusers pipeline composes them. A pipeline saves as one directory: each component in its own
-sub-directory, listed in `model_index.json` with the normaliser settings and the sampling defaults.
+sub-directory, listed by class in `model_index.json` with the normaliser settings, and the sampling defaults
+in `generation_config.json` (`pipeline_index.py`). `from_pretrained` loads such a directory or repo;
+`from_components` (or the constructor) builds one from parts.
 """
 
 from __future__ import annotations
@@ -17,25 +19,35 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import __version__
 from .clip_scorer import ClipScorer
 from .component_specs import instantiate_component
 from .generation_config import GenerationConfig, with_options
-from .hub.files import TOKENIZER_FILES, Source, load_config_json, open_source, write_json
+from .hub.files import TOKENIZER_FILES, Source, load_config_json, open_saved, write_json
 from .hub.saving import saving_into
 from .huge_pages import move_to_huge_pages
 from .image_grid import caption_grid, to_pil
 from .model import DalleBart
-from .pipeline_index import check_index
+from .pipeline_index import (
+    DEFAULT_DECODE_BATCH_SIZE,
+    GENERATION_CONFIG_NAME,
+    INDEX_NAME,
+    index_values,
+    not_a_pipeline,
+    read_generation_config,
+    read_index,
+)
 from .request_checks import check_every, check_keep_rows, check_prompts
 from .sampling import stream_codes
 from .text_normalizer import TextNormalizer
 from .tokenizer import TextTokenizer, load_tokenizer
-from .vqgan import VQGAN, VQGANConfig
+from .vqgan import VQGAN
 
-INDEX_NAME = "model_index.json"
 WORD_FREQUENCY_NAME = "enwiki-words-frequency.txt"
 # The reference notebook's sampling: super-conditioning at 10, no top-k/top-p; four images per prompt.
 DEFAULT_GENERATION = GenerationConfig(num_images=4, condition_scale=10.0)
+# what reaches a hub download; `from_pretrained` takes these beside device and dtype
+HUB_ARGUMENTS = ("revision", "cache_dir", "local_files_only", "token", "endpoint")
 
 
 @dataclass
@@ -76,28 +88,30 @@ class PromptImages:
 
 
 def load_vqgan(spec: str, revision: Optional[str] = None, **hub) -> VQGAN:
-    """A `.safetensors` file (saved by `VQGAN.save_safetensors`), a taming `.ckpt` (the f16/16384 config),
-    a Hydra yaml such as `conf/vqgan/tiny.yaml`, or else a directory or hub repo for `VQGAN.from_pretrained`
-    (ours, vqgan-jax's Flax one such as `dalle-mini/vqgan_imagenet_f16_16384`, or taming's model.yaml +
-    last.ckpt), at `revision` (default: the reference's pinned commit of `dalle-mini/vqgan_imagenet_f16_16384`
-    and `flax-community/vqgan_f16_16384`, else main)."""
-    path = Path(spec)
-    if path.suffix == ".safetensors":
-        return VQGAN.from_safetensors(path)
-    if path.suffix == ".ckpt":
-        return VQGAN.from_taming_checkpoint(path, VQGANConfig())
-    if path.suffix in (".yaml", ".yml"):
-        return instantiate_component(path, "vqgan")
-    # hub repo names may contain dots, so every other spec goes here; it names what it could not find
+    """A Hydra yaml such as `conf/vqgan/tiny.yaml` (random weights), or whatever `VQGAN.from_pretrained`
+    reads: a directory or hub repo (ours, vqgan-jax's Flax one such as `dalle-mini/vqgan_imagenet_f16_16384`,
+    or taming's model.yaml + last.ckpt), at `revision` (default: the reference's pinned commit of
+    `dalle-mini/vqgan_imagenet_f16_16384` and `flax-community/vqgan_f16_16384`, else main), or a
+    `.safetensors` / taming `.ckpt` file (one that records no config is the f16/16384 network)."""
+    if Path(spec).suffix in (".yaml", ".yml"):  # an architecture to build, not weights to read
+        return instantiate_component(spec, "vqgan")
     return VQGAN.from_pretrained(spec, revision=revision, **hub)
+
+
+def load_model(name_or_path, device, dtype, **hub) -> DalleBart:
+    """`DalleBart.from_pretrained` with the weights moved onto huge pages: CPU decoding streams every layer
+    weight each step (huge_pages.py). Every pipeline load path takes its model from here."""
+    net = DalleBart.from_pretrained(name_or_path, dtype=dtype, device=device, **hub)
+    move_to_huge_pages(net)
+    return net
 
 
 def word_frequency_file(model, hub: dict) -> Optional[str]:
     """The reference splits hashtags in every prompt with the model repo's `enwiki-words-frequency.txt`; a
     model directory or repo that holds one has it used the same way."""
-    if str(model).endswith(".ckpt"):
+    if Path(model).suffix in DalleBart.file_readers:  # a single weights file has no folder to hold one
         return None
-    path = open_source(model, WORD_FREQUENCY_NAME, "dalle-mini/dalle-mini", **hub).file(WORD_FREQUENCY_NAME)
+    path = open_saved(model, WORD_FREQUENCY_NAME, "dalle-mini/dalle-mini", **hub).file(WORD_FREQUENCY_NAME)
     return str(path) if path is not None else None
 
 
@@ -119,7 +133,7 @@ def load_clip(spec: Optional[str], device=None) -> Optional[ClipScorer]:
 class DalleMiniPipeline:
     def __init__(self, model: DalleBart, tokenizer: TextTokenizer, vqgan: VQGAN,
                  clip: Optional[ClipScorer] = None, normalizer: Optional[TextNormalizer] = None,
-                 decode_batch_size: int = 8,
+                 decode_batch_size: int = DEFAULT_DECODE_BATCH_SIZE,
                  generation_config: GenerationConfig = DEFAULT_GENERATION):
         cfg = model.config
         if vqgan.config.n_embed != cfg.codebook_size or vqgan.config.codes_per_image != cfg.image_length:
@@ -145,23 +159,62 @@ class DalleMiniPipeline:
     # --- loading and saving ----------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, pipeline_or_model, vqgan: Optional[str] = None, clip: Optional[str] = None,
-                        tokenizer: Optional[str] = None, device=None, dtype=torch.float32,
-                        vqgan_revision: Optional[str] = None, **hub_kwargs) -> "DalleMiniPipeline":
-        """A pipeline directory or hub repo saved by `save_pretrained`; or, with `vqgan`, components by name
-        or path: the model from a hub repo, directory (ours or the reference's) or Lightning `.ckpt` (then
-        with `tokenizer`), the VQGAN and CLIP as in `load_vqgan` / `load_clip`. `hub_kwargs` (`revision`,
-        `cache_dir`, `local_files_only`, `token`, `endpoint`) reach the pipeline or model repo;
+    def from_pretrained(cls, name_or_path, *, device=None, dtype=torch.float32,
+                        **hub_kwargs) -> "DalleMiniPipeline":
+        """A pipeline saved by `save_pretrained`: a directory or hub repo holding its model_index.json.
+        `hub_kwargs` (`revision`, `cache_dir`, `local_files_only`, `token`, `endpoint`) reach the repo.
+        Separately saved components (a model repo, a VQGAN, ...) make a pipeline with `from_components`."""
+        unknown = sorted(set(hub_kwargs) - set(HUB_ARGUMENTS))
+        if set(unknown) & {"model", "vqgan", "clip", "tokenizer", "vqgan_revision"}:
+            raise TypeError(f"DalleMiniPipeline.from_pretrained loads a saved pipeline only and takes no "
+                            f"{', '.join(unknown)}: build one from parts with DalleMiniPipeline"
+                            ".from_components(model=..., vqgan=..., clip=..., tokenizer=...)")
+        if unknown:
+            raise TypeError(f"DalleMiniPipeline.from_pretrained got unexpected arguments {unknown}; it takes "
+                            f"device, dtype and {', '.join(HUB_ARGUMENTS)}")
+        device = torch.device(device or "cpu")
+        if Path(name_or_path).expanduser().is_file():
+            raise FileNotFoundError(f"{name_or_path} is a file, not a pipeline directory: build a pipeline "
+                                    "from it with DalleMiniPipeline.from_components(model=..., vqgan=...)")
+        source = open_saved(name_or_path, INDEX_NAME, "me/dalle-mini-pipeline", **hub_kwargs)
+        index_path = source.file(INDEX_NAME)
+        if index_path is None:
+            raise not_a_pipeline(str(name_or_path), source)
+        index = read_index(load_config_json(index_path), f"{source.name}/{INDEX_NAME}")
+        generation = (index.generation_config if index.generation_config is not None
+                      else read_generation_config(source))
+        folders = index.folders
+        net = load_model(name_or_path, device, dtype, subfolder=folders["model"], **hub_kwargs)
+        tokenizer = TextTokenizer.from_pretrained(
+            str(source.sub(folders["tokenizer"]).local_dir(TOKENIZER_FILES)), index.text_length)
+        vqgan = VQGAN.from_pretrained(name_or_path, subfolder=folders["vqgan"], device=device, **hub_kwargs)
+        clip = None
+        if "clip" in folders:
+            clip = ClipScorer.from_pretrained(name_or_path, subfolder=folders["clip"], device=device,
+                                              **hub_kwargs)
+        normalizer = None
+        if index.text_normalizer:
+            settings = index.text_normalizer
+            words = settings.get("word_frequency_file")
+            normalizer = TextNormalizer(_file(source, words) if words else None, seed=settings.get("seed", 0))
+        return cls(net, tokenizer, vqgan, clip, normalizer, index.decode_batch_size,
+                   GenerationConfig.from_dict(generation))
+
+    @classmethod
+    def from_components(cls, model, vqgan, clip: Optional[str] = None, tokenizer: Optional[str] = None, *,
+                        device=None, dtype=torch.float32, vqgan_revision: Optional[str] = None,
+                        **hub_kwargs) -> "DalleMiniPipeline":
+        """A pipeline of separately saved components, by name or path: the model from a hub repo, directory
+        (ours or the reference's) or Lightning `.ckpt` (then with `tokenizer`), the VQGAN and CLIP as in
+        `load_vqgan` / `load_clip`, with the reference notebook's sampling defaults. `hub_kwargs`
+        (`revision`, `cache_dir`, `local_files_only`, `token`, `endpoint`) reach the model repo;
         `vqgan_revision` the VQGAN's."""
         device = torch.device(device or "cpu")
-        if vqgan is None:
-            return cls._from_index(pipeline_or_model, device, dtype, hub_kwargs)
-        model = str(pipeline_or_model)
-        if model.endswith(".ckpt") and tokenizer is None:
+        model = str(model)
+        if Path(model).suffix in DalleBart.file_readers and tokenizer is None:
             raise ValueError("a Lightning checkpoint holds no tokenizer: pass tokenizer= "
                              "(e.g. data.tokenizer)")
-        net = DalleBart.from_pretrained(model, dtype=dtype, device=device, **hub_kwargs)
-        move_to_huge_pages(net)  # CPU decoding streams every layer weight each step (huge_pages.py)
+        net = load_model(model, device, dtype, **hub_kwargs)
         length = net.config.max_text_length
         # transformers takes its endpoint from HF_ENDPOINT, not from an argument
         tokenizer_hub = {k: v for k, v in hub_kwargs.items() if k != "endpoint"}
@@ -171,39 +224,13 @@ class DalleMiniPipeline:
         if net.config.normalize_text:
             normalizer = TextNormalizer(word_frequency_file(model, hub_kwargs))
         vqgan_hub = {k: v for k, v in hub_kwargs.items() if k != "revision"}
-        vqgan_model = load_vqgan(vqgan, vqgan_revision, **vqgan_hub).to(device)
+        vqgan_model = load_vqgan(str(vqgan), vqgan_revision, **vqgan_hub).to(device)
         return cls(net, tok, vqgan_model, load_clip(clip, device), normalizer)
 
-    @classmethod
-    def _from_index(cls, name_or_path, device, dtype, hub: dict) -> "DalleMiniPipeline":
-        source = open_source(name_or_path, INDEX_NAME, "me/dalle-mini-pipeline", **hub)
-        index_path = source.file(INDEX_NAME)
-        if index_path is None:
-            raise FileNotFoundError(f"{source.name}: no {INDEX_NAME}, so not a pipeline saved by "
-                                    "DalleMiniPipeline.save_pretrained; to load separate components pass "
-                                    "vqgan= (and clip=) too")
-        index = check_index(load_config_json(index_path), f"{source.name}/{INDEX_NAME}")
-        net = DalleBart.from_pretrained(name_or_path, subfolder=index["model"], dtype=dtype, device=device,
-                                        **hub)
-        move_to_huge_pages(net)  # CPU decoding streams every layer weight each step (huge_pages.py)
-        tokenizer = TextTokenizer.from_pretrained(
-            str(source.sub(index["tokenizer"]).local_dir(TOKENIZER_FILES)), index["text_length"])
-        vqgan = VQGAN.from_pretrained(name_or_path, subfolder=index["vqgan"], device=device, **hub)
-        clip = None
-        if index.get("clip"):
-            clip = ClipScorer.from_pretrained(name_or_path, subfolder=index["clip"], device=device, **hub)
-        normalizer = None
-        if index.get("text_normalizer"):
-            settings = index["text_normalizer"]
-            words = settings.get("word_frequency_file")
-            normalizer = TextNormalizer(_file(source, words) if words else None, seed=settings.get("seed", 0))
-        return cls(net, tokenizer, vqgan, clip, normalizer, index.get("decode_batch_size", 8),
-                   GenerationConfig.from_dict(index["generation_config"]))
-
     def save_pretrained(self, directory, overwrite: bool = False) -> Path:
-        """model/, tokenizer/, vqgan/, clip/ (if any), the word-frequency file (if any) and
-        model_index.json. A folder that holds anything is refused unless `overwrite`, which replaces it
-        whole; the components appear together or not at all (`hub/saving.py`)."""
+        """model/, tokenizer/, vqgan/, clip/ (if any), the word-frequency file (if any), model_index.json
+        and generation_config.json. A folder that holds anything is refused unless `overwrite`, which
+        replaces it whole; the components appear together or not at all (`hub/saving.py`)."""
         with saving_into(directory, overwrite) as tmp:
             self.model.save_pretrained(tmp / "model")
             self.tokenizer.save_pretrained(tmp / "tokenizer")
@@ -217,12 +244,9 @@ class DalleMiniPipeline:
                     words = Path(self.normalizer.word_frequency_path)
                     shutil.copyfile(words, tmp / words.name)
                     normalizer["word_frequency_file"] = words.name
-            write_json(tmp / INDEX_NAME, {
-                "_class_name": type(self).__name__, "library_name": "dalle_mini_pt", "model": "model",
-                "tokenizer": "tokenizer", "text_length": self.tokenizer.max_length, "vqgan": "vqgan",
-                "clip": "clip" if self.clip is not None else None, "text_normalizer": normalizer,
-                "decode_batch_size": self.decode_batch_size,
-                "generation_config": self.generation_config.to_dict()})
+            write_json(tmp / INDEX_NAME, index_values(self.clip is not None, self.tokenizer.max_length,
+                                                      normalizer, self.decode_batch_size, __version__))
+            write_json(tmp / GENERATION_CONFIG_NAME, self.generation_config.to_dict())
         return Path(directory)
 
     # --- generating ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .hub.dallebart_flax import TEXT_LENGTH_2021
-from .hub.files import CONFIG_NAME, load_config_json, open_source
+from .hub.files import CONFIG_NAME, load_config_json, open_saved
 
 
 class TextTokenizer:
@@ -93,8 +93,8 @@ def load_tokenizer(name_or_path, *, max_length: Optional[int] = None, revision: 
     length, read from its config.json unless `max_length` is given."""
     hub = dict(revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token)
     if max_length is None:
-        source = open_source(name_or_path, "a model's config.json and tokenizer files",
-                             "dalle-mini/dalle-mini", **hub)
+        source = open_saved(name_or_path, "a model's config.json and tokenizer files",
+                            "dalle-mini/dalle-mini", **hub)
         config_path = source.file(CONFIG_NAME)
         if config_path is None:
             raise FileNotFoundError(f"{source.name}: no {CONFIG_NAME} to read the text length from; pass "

@@ -3,7 +3,9 @@
 Submodules carry taming `VQModel`'s names (`encoder, decoder, quant_conv, post_quant_conv, quantize`), so
 a taming checkpoint loads with strict key checking. `taming.models.vqgan` is not imported: it pulls
 Lightning 1.x APIs that no longer exist. Encoding and decoding always run in float32: the decoder
-overflows to NaN in fp16. `from_pretrained` reads ours, vqgan-jax's Flax layout and taming's (`hub/`).
+overflows to NaN in fp16. `from_pretrained` reads every format (`hub/`): ours, vqgan-jax's Flax layout and
+taming's model.yaml + last.ckpt as directories or hub repos, and the single files `.safetensors`
+(`save_safetensors`) and taming `.ckpt`.
 """
 
 from __future__ import annotations
@@ -11,24 +13,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer2
 from torch import nn
 
+from .hub.files import read_single_safetensors, write_single_safetensors
 from .hub.mixin import NATIVE, HubMixin
 from .hub.model_cards import vqgan_card
-from .hub.strict import load_strict
-from .hub.taming import PICKLE_FIX, TAMING_LAYOUTS, taming_state_dict
+from .hub.taming import PICKLE_FIX, TAMING_LAYOUTS, read_taming_file
 from .hub.vqgan_flax import VQGAN_FLAX
 
-# Pixel range the checkpoint was trained on: taming's releases use [-1, 1]; dalle-mini's JAX port of the
+# Pixel range the weights were trained on: taming's releases use [-1, 1]; dalle-mini's JAX port of the
 # ImageNet model is fed ToTensor() images and its output clipped to [0, 1] directly (min-dalle does the same).
 PIXEL_RANGES = ("minus_one_to_one", "zero_to_one")
 # Keys of taming's model.yaml `params` that only matter for training or for taming's own loader.
@@ -106,6 +105,9 @@ class VQGAN(HubMixin, nn.Module):
 
     config_class = VQGANConfig
     hub_layouts = (NATIVE, VQGAN_FLAX, *TAMING_LAYOUTS)
+    # a bare file records no config when it is a taming .ckpt or a .safetensors converted by hand: those are
+    # read with from_pretrained's default_config (default VQGANConfig(), vqgan_imagenet_f16_16384's network)
+    file_readers = {".safetensors": read_single_safetensors, ".ckpt": read_taming_file}
     hub_example = "dalle-mini/vqgan_imagenet_f16_16384"
     pickle_fix = PICKLE_FIX
     save_dtype = torch.float32  # it only runs in float32
@@ -141,7 +143,7 @@ class VQGAN(HubMixin, nn.Module):
         return torch.autocast(self.device.type, enabled=False)
 
     def _prepare_images(self, images) -> torch.Tensor:
-        """Batch of images -> float32 NCHW in the checkpoint's pixel range, on the model's device."""
+        """Batch of images -> float32 NCHW in the pixel range of the weights, on the model's device."""
         x, c, r = torch.as_tensor(images), self.config.in_channels, self.config.resolution
         if x.dim() != 4 or (x.shape[1] != c and x.shape[-1] != c):
             raise ValueError(f"expected a batch of images shaped (B, {c}, H, W) or (B, H, W, {c}); got "
@@ -168,7 +170,7 @@ class VQGAN(HubMixin, nn.Module):
         return self.to_model_range(x.to(self.device))
 
     def to_model_range(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 1] pixels -> the range the checkpoint was trained on."""
+        """[0, 1] pixels -> the range the weights were trained on."""
         return images * 2 - 1 if self.config.pixel_range == "minus_one_to_one" else images
 
     def to_unit_range(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,31 +212,9 @@ class VQGAN(HubMixin, nn.Module):
         x = self.to_unit_range(x)
         return (x * 255).round().to(torch.uint8) if output == "uint8" else x
 
-    @classmethod
-    def from_taming_checkpoint(cls, path, config: VQGANConfig | Mapping) -> "VQGAN":
-        """Load a taming `.ckpt` (a Lightning dict with "state_dict", or a bare state dict) without running
-        any pickled code; taming's `loss.*` (discriminator, LPIPS) weights are dropped."""
-        model = cls(config)
-        # Strict: a config that disagrees with the checkpoint fails naming the keys. load_state_dict copies
-        # into the float32 parameters whatever dtype the file stored.
-        load_strict(model, taming_state_dict(path), str(path))
-        return model
-
     def model_card(self, name: str, dtype: str) -> str:
         return vqgan_card(self, name, dtype)
 
     def save_safetensors(self, path) -> None:
-        save_file(self.state_dict(), str(path), metadata={"config": json.dumps(self.config.to_dict())})
-
-    @classmethod
-    def from_safetensors(cls, path, config: VQGANConfig | Mapping | None = None) -> "VQGAN":
-        """Load weights saved by `save_safetensors` (config read from the file unless given) or converted."""
-        if config is None:
-            with safe_open(str(path), framework="pt") as f:
-                stored = (f.metadata() or {}).get("config")
-            if stored is None:
-                raise ValueError(f"{path} carries no VQGAN config in its metadata; pass config= explicitly.")
-            config = VQGANConfig.from_dict(json.loads(stored))
-        model = cls(config)
-        load_strict(model, load_file(str(path)), str(path))
-        return model
+        """One .safetensors file with the config in its metadata: `from_pretrained(path)` reads it back."""
+        write_single_safetensors(path, self.config.to_dict(), self.state_dict())

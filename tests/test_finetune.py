@@ -256,7 +256,7 @@ def test_the_reference_vqgan_loads_at_its_pinned_commit_unless_told(tmp_path, mo
         model = tmp_path / "model"
         DalleBart(compose_config()).save_pretrained(model, tokenizer=str(tiny_data / "tokenizer"))
         hub.requests.clear()
-        pipe = DalleMiniPipeline.from_pretrained(model, "dalle-mini/vqgan_imagenet_f16_16384",
+        pipe = DalleMiniPipeline.from_components(model, "dalle-mini/vqgan_imagenet_f16_16384",
                                                  vqgan_revision="v2",
                                                  endpoint=hub.url, cache_dir=tmp_path / "c3")
         assert isinstance(pipe.vqgan, VQGAN) and all("/resolve/v2/" in path for _, path in hub.requests)
@@ -277,9 +277,9 @@ def test_a_model_directory_with_the_word_frequency_file_splits_hashtags(tmp_path
                                                                    tokenizer=str(tiny_data / "tokenizer"))
     vqgan = tmp_path / "vqgan"
     component("vqgan").save_pretrained(vqgan)
-    assert DalleMiniPipeline.from_pretrained(model, vqgan).normalizer("#redsquare") == " redsquare"
+    assert DalleMiniPipeline.from_components(model, vqgan).normalizer("#redsquare") == " redsquare"
     (model / "enwiki-words-frequency.txt").write_text("red 100\nsquare 50\n")
-    assert DalleMiniPipeline.from_pretrained(model, vqgan).normalizer("#redsquare") == " red square"
+    assert DalleMiniPipeline.from_components(model, vqgan).normalizer("#redsquare") == " red square"
 
 
 def test_codes_and_vqgans_of_another_pixel_range_are_refused(tmp_path, tiny_data, data_dir):

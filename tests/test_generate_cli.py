@@ -131,7 +131,7 @@ def test_each_saved_image_names_what_reproduces_it_in_a_multi_prompt_call(checkp
     assert json.loads(text["prompts"]) == ["a red square", "a blue circle"] and text["prompt_index"] == "1"
     settings = json.loads(text["settings"])
     assert settings.pop("keep_rows") == 0
-    pipe = DalleMiniPipeline.from_pretrained(str(checkpoint_dir / "model"),
+    pipe = DalleMiniPipeline.from_components(str(checkpoint_dir / "model"),
                                              str(checkpoint_dir / "vqgan.safetensors"),
                                              clip=f"{CONFIG_DIR}/clip/tiny.yaml")
     again = pipe(json.loads(text["prompts"]), GenerationConfig.from_dict(settings), seed=int(text["seed"]))

@@ -88,9 +88,11 @@ def test_pipeline_saves_as_one_directory_and_samples_the_same_codes(tiny_data, t
                              generation_config=GenerationConfig(num_images=3, top_k=8, condition_scale=3.0))
     pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
-    assert ({index[k] for k in ("model", "tokenizer", "vqgan", "clip")}
-            == {"model", "tokenizer", "vqgan", "clip"})
-    assert index["generation_config"]["condition_scale"] == 3.0 and index["text_normalizer"]["seed"] == 3
+    classes = {"model": "DalleBart", "tokenizer": "TextTokenizer", "vqgan": "VQGAN", "clip": "ClipScorer"}
+    assert {k: index[k] for k in classes} == {k: ["dalle_mini_pt", c] for k, c in classes.items()}
+    assert all((tmp_path / "pipe" / k).is_dir() for k in classes)  # each in the folder of its key
+    generation = json.loads((tmp_path / "pipe" / "generation_config.json").read_text())
+    assert generation["condition_scale"] == 3.0 and index["text_normalizer"]["seed"] == 3
 
     back = DalleMiniPipeline.from_pretrained(tmp_path / "pipe")
     assert back.generation_config == pipe.generation_config and back.tokenizer.max_length == 16
@@ -111,5 +113,6 @@ def test_pipeline_saves_as_one_directory_and_samples_the_same_codes(tiny_data, t
 
 def test_a_directory_that_is_no_pipeline_says_what_to_pass(tmp_path):
     component("vqgan").save_pretrained(tmp_path / "vqgan")
-    with pytest.raises(FileNotFoundError, match="no model_index.json.*pass vqgan="):
+    with pytest.raises(FileNotFoundError, match=r"is a VQGAN, not a pipeline \(it has no model_index.json\): "
+                                                r"pass it as DalleMiniPipeline.from_components\(.*vqgan="):
         DalleMiniPipeline.from_pretrained(tmp_path / "vqgan")

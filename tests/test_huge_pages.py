@@ -107,7 +107,7 @@ def test_loading_a_pipeline_places_its_model_and_building_one_from_parts_does_no
 
     built = DalleMiniPipeline(model, tokenizer, vqgan)
     assert built.model.decoder.lm_head.weight.data_ptr() % HUGE_PAGE != 0
-    loaded = DalleMiniPipeline.from_pretrained(str(tmp_path / "model"), str(tmp_path / "vqgan.safetensors"))
+    loaded = DalleMiniPipeline.from_components(str(tmp_path / "model"), str(tmp_path / "vqgan.safetensors"))
     assert loaded.model.decoder.lm_head.weight.data_ptr() % HUGE_PAGE == 0
     loaded.save_pretrained(tmp_path / "pipeline")
     again = DalleMiniPipeline.from_pretrained(str(tmp_path / "pipeline"))

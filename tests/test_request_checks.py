@@ -85,7 +85,19 @@ def saved(tiny_data, tmp_path_factory):
     ({"decode_batch_size": 0}, "decode_batch_size=0 must be a whole number >= 1"),
     ({"model": None}, "model=None must be a sub-folder name"),
     ({"model": 5}, "model=5 must be a sub-folder name"),
+    ({"model": "../elsewhere"}, "model='../elsewhere' must be a sub-folder of the pipeline's own folder"),
     ({"generation_config": {"top_k": -1}}, "top_k=-1 must be a whole number >= 1"),
+    # each component's [library, class] (test_loading.py reads both index formats)
+    ({"vqgan": ["dalle_mini_pt", "ClipScorer"]},
+     r"vqgan=\['dalle_mini_pt', 'ClipScorer'\]: dalle_mini_pt loads its vqgan as "
+     r"\['dalle_mini_pt', 'VQGAN'\]"),
+    ({"model": ["diffusers", "DalleBart"]}, "loads its model as"),
+    ({"tokenizer": [None, None]}, r"tokenizer=\[None, None\] says the pipeline has no tokenizer, which every "
+                                  "pipeline needs"),
+    ({"vqgan": {"folder": "vqgan"}}, r"vqgan=\{'folder': 'vqgan'\} must be a sub-folder name \(as earlier "
+                                     r"versions saved\) or a \[library, class\] pair"),
+    ({"_class_name": "StableDiffusionPipeline"}, "_class_name='StableDiffusionPipeline': this is not a "
+                                                 "DalleMiniPipeline"),
 ])
 def test_a_bad_model_index_fails_at_load_naming_the_key(saved, tmp_path, change, match):
     """Issue case 10: these failed after sampling, or as KeyError / TypeError."""

@@ -103,14 +103,14 @@ def test_taming_checkpoint_loads_and_matches_taming_outputs(tmp_path):
     torch.save({"state_dict": state, "global_step": 3}, tmp_path / "last.ckpt")
     torch.save(vqmodel.state_dict(), tmp_path / "bare.ckpt")
 
-    model = VQGAN.from_taming_checkpoint(tmp_path / "last.ckpt", config).eval()
+    model = VQGAN.from_pretrained(tmp_path / "last.ckpt", default_config=config).eval()
     codes = random_codes(model)
     torch.testing.assert_close(model.decode(codes), taming_decode(vqmodel, codes, config), rtol=0, atol=0)
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         expected = vqmodel.encode(images * 2 - 1)[2][2].reshape(2, -1)  # taming wants [-1, 1] pixels
     assert torch.equal(model.encode(images), expected)
-    bare = VQGAN.from_taming_checkpoint(tmp_path / "bare.ckpt", config)
+    bare = VQGAN.from_pretrained(tmp_path / "bare.ckpt", default_config=config)
     assert torch.equal(bare.decode(codes), model.decode(codes))
 
 
@@ -151,7 +151,7 @@ def test_checkpoint_with_pickled_objects_loads_without_running_them(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         torch.load(tmp_path / "pl1.ckpt", weights_only=True)
 
-    model = VQGAN.from_taming_checkpoint(tmp_path / "pl1.ckpt", config)
+    model = VQGAN.from_pretrained(tmp_path / "pl1.ckpt", default_config=config)
     assert not marker.exists()
     codes = random_codes(model)
     torch.testing.assert_close(model.decode(codes), taming_decode(vqmodel, codes, config), rtol=0, atol=0)
@@ -165,14 +165,14 @@ def test_unreadable_checkpoint_explains_how_to_convert(tmp_path):
     torch.save({"state_dict": {}, "x": OsExploit(marker)}, tmp_path / "os.ckpt")
     torch.save({"state_dict": {"encoder.conv_in.weight": LightningCallback()}}, tmp_path / "objects.ckpt")
     (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="(?s)weights-only.*from_safetensors"):
-        VQGAN.from_taming_checkpoint(tmp_path / "garbage.ckpt", config)
+    with pytest.raises(ValueError, match="(?s)weights-only.*from_pretrained\\('vqgan.safetensors'"):
+        VQGAN.from_pretrained(tmp_path / "garbage.ckpt", default_config=config)
     with pytest.raises(ValueError, match="state dict of tensors"):
-        VQGAN.from_taming_checkpoint(tmp_path / "objects.ckpt", config)
+        VQGAN.from_pretrained(tmp_path / "objects.ckpt", default_config=config)
     with pytest.raises(ValueError, match=r"(?s)hostile\.ckpt.*call reduce.*weights_only=False"):
-        VQGAN.from_taming_checkpoint(tmp_path / "hostile.ckpt", config)
+        VQGAN.from_pretrained(tmp_path / "hostile.ckpt", default_config=config)
     with pytest.raises(ValueError, match="(?s)posix is blocked.*weights_only=False"):
-        VQGAN.from_taming_checkpoint(tmp_path / "os.ckpt", config)
+        VQGAN.from_pretrained(tmp_path / "os.ckpt", default_config=config)
     assert not marker.exists()
 
 
@@ -183,7 +183,7 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path):
     state["quantize.embedding.weight"] = torch.zeros(16, 16)
     torch.save({"state_dict": state}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError) as err:
-        VQGAN.from_taming_checkpoint(tmp_path / "other.ckpt", VQGANConfig(**TINY))
+        VQGAN.from_pretrained(tmp_path / "other.ckpt", default_config=VQGANConfig(**TINY))
     message = str(err.value)
     assert "missing: decoder.conv_out.bias" in message
     assert "unexpected: extra.weight" in message
@@ -264,7 +264,7 @@ def test_config_round_trips_and_reads_taming_yaml_params():
 def test_safetensors_round_trip(tmp_path):
     model = tiny_model()
     model.save_safetensors(tmp_path / "vqgan.safetensors")
-    loaded = VQGAN.from_safetensors(tmp_path / "vqgan.safetensors")
+    loaded = VQGAN.from_pretrained(tmp_path / "vqgan.safetensors")
     assert loaded.config == model.config
     codes = random_codes(model)
     assert torch.equal(loaded.decode(codes), model.decode(codes))

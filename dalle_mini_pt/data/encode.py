@@ -107,14 +107,9 @@ def build_vqgan(vqgan_cfg: DictConfig, weights: Optional[str]) -> VQGAN:
         warnings.warn("vqgan_weights=null: encoding with a randomly initialised VQGAN (seed 0; tests and "
                       "benchmarks only: the codes mean nothing to a trained model)", stacklevel=2)
         return model.eval()
-    model = instantiate(vqgan_cfg)
-    if str(weights).endswith(".safetensors"):
-        model = VQGAN.from_safetensors(weights, model.config)
-    elif str(weights).endswith(".ckpt"):
-        model = VQGAN.from_taming_checkpoint(weights, model.config)
-    else:  # a saved directory or hub repo carries its own architecture, so `vqgan=` is not consulted
-        model = VQGAN.from_pretrained(weights)
-    return model.eval()
+    # `vqgan=` is the architecture of a weights file that records none (a taming .ckpt, a bare .safetensors);
+    # a directory, hub repo or VQGAN.save_safetensors file carries its own
+    return VQGAN.from_pretrained(weights, default_config=instantiate(vqgan_cfg.config))
 
 
 def trainer_args(cfg: DictConfig) -> dict:

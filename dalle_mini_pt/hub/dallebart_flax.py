@@ -1,4 +1,4 @@
-"""The reference's DalleBart checkpoints (`config.json` + `flax_model.msgpack`) as our config and tensors.
+"""The reference's saved DalleBarts (`config.json` + `flax_model.msgpack`) as our config and tensors.
 
 Two parameter layouts map onto our module names:
 
@@ -104,7 +104,7 @@ def dallebart_state_dict(flat: dict[str, torch.Tensor], ln_positions: str, sourc
                 out[f"{part}.layers.{i}.{sub_key}"] = _torch_value(key, v, sub_key)
         except (KeyError, IndexError, ValueError) as err:
             raise ValueError(f"{source}: parameter {key!r} (shape {tuple(value.shape)}) has no place in a "
-                             f"DalleBart with ln_positions={ln_positions!r}; the checkpoint uses a "
+                             f"DalleBart with ln_positions={ln_positions!r}; the weights use a "
                              f"variant dalle_mini_pt does not implement ({err!r})") from err
     return out
 
@@ -160,7 +160,7 @@ def bart2021_state_dict(flat: dict[str, torch.Tensor], source: str) -> dict:
         if key == "final_logits_bias":
             if value.float().abs().max() != 0:
                 raise ValueError(f"{source}: final_logits_bias is not all zeros; DalleBart has no logits "
-                                 "bias, so this checkpoint would compute something else")
+                                 "bias, so these weights would compute something else")
             continue
         ours = key
         for pattern, repl in _RENAMES_2021:
@@ -204,12 +204,12 @@ def read_dallebart_flax(config_path: Path, msgpack_path: Path) -> tuple[dict, di
 
 
 def shard_names(index_path: Path) -> list[str]:
-    """The shard files of a sharded Flax checkpoint, as transformers' `flax_model.msgpack.index.json` maps
+    """The shard files of sharded Flax weights, as transformers' `flax_model.msgpack.index.json` maps
     each parameter path to one."""
     try:
         return sorted(set(load_config_json(index_path)["weight_map"].values()))
     except (KeyError, AttributeError, TypeError) as err:
-        raise ValueError(f"{index_path}: not a sharded-checkpoint index (no weight_map of files)") from err
+        raise ValueError(f"{index_path}: not an index of sharded weights (no weight_map of files)") from err
 
 
 def read_sharded_flax(config_path: Path, index_path: Path) -> tuple[dict, dict]:

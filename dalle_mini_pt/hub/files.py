@@ -1,9 +1,11 @@
 """Where a saved component lives and how its files are read, whatever its layout.
 
 A `Source` is a local directory or a hub repo (at a revision), read one file at a time: `file(name)` is the
-local path of that file, or None when the source does not have it. Files converted from another layout are
-cached in ours beside the hub cache, keyed by repo and commit, so a moving branch never serves a stale
-conversion. Nothing here unpickles: pickled weights are named and refused.
+local path of that file, or None when the source does not have it; `open_saved` finds one. Files converted
+from another layout are cached in ours beside the hub cache (the converted copies), keyed by repo and commit,
+so a moving branch never serves a stale conversion. Nothing here unpickles: pickled weights are named and
+refused. A weights file with no folder around it (`VQGAN.save_safetensors`) keeps its config in the
+safetensors metadata under `FILE_CONFIG_KEY`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 CONFIG_NAME = "config.json"
@@ -33,6 +36,7 @@ PICKLED_NAMES = ("pytorch_model.bin", "model.ckpt", "last.ckpt")
 # what a transformers tokenizer may have saved (BPE, WordPiece or SentencePiece)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+FILE_CONFIG_KEY = "config"  # the metadata entry of a single .safetensors file that holds its config (JSON)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -135,7 +139,7 @@ class HubRepo(Source):
         return LocalDir(folder / self.folder if self.folder else folder)
 
 
-def open_source(name_or_path, holding: str, example: str, *, subfolder: str = "",
+def open_saved(name_or_path, holding: str, example: str, *, subfolder: str = "",
                 revision: Optional[str] = None, local_files_only: bool = False, cache_dir=None, token=None,
                 endpoint: Optional[str] = None) -> Source:
     """A local directory, or else a hub repo id (its `subfolder`, if given); anything else is a path that is
@@ -151,7 +155,7 @@ def open_source(name_or_path, holding: str, example: str, *, subfolder: str = ""
 
 
 def converted_cache_dir(repo_id: str, commit: str, cache_dir=None) -> Path:
-    """Where converted checkpoints live: beside the hub cache, one folder per repo and commit."""
+    """Where the converted copies live: beside the hub cache, one folder per repo and commit."""
     root = Path(cache_dir or constants.HF_HUB_CACHE)
     return root / "dalle_mini_pt-converted" / repo_id.replace("/", "--") / commit
 
@@ -194,6 +198,24 @@ def read_safetensors(path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: truncated ({size} bytes); tensors {sorted(cut)[:8]} lie past its end. "
                          "Download or save it again.")
     return load_file(path)
+
+
+def write_single_safetensors(path, config: dict, state: dict[str, torch.Tensor]) -> None:
+    """One .safetensors file holding the tensors and, in its metadata, the config."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path),
+              metadata={FILE_CONFIG_KEY: json.dumps(config)})
+
+
+def read_single_safetensors(path) -> tuple[Optional[dict], dict[str, torch.Tensor]]:
+    """(the config its metadata holds, or None when it holds none, as in a file converted by hand; the
+    tensors)."""
+    state = read_safetensors(path)
+    with safe_open(str(path), framework="pt") as f:
+        stored = (f.metadata() or {}).get(FILE_CONFIG_KEY)
+    try:
+        return (json.loads(stored) if stored is not None else None), state
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: its {FILE_CONFIG_KEY!r} metadata is not JSON ({err})") from err
 
 
 def refuse_pickles(names, where: str, fix: str) -> None:

@@ -73,5 +73,5 @@ def read_flax_msgpack(path) -> dict[str, torch.Tensor]:
     flat = dict(_flatten(tree))
     bad = [k for k, v in flat.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"{path}: entries {bad[:5]} are not arrays; this is not a parameter checkpoint")
+        raise ValueError(f"{path}: entries {bad[:5]} are not arrays; this is not a file of parameters")
     return flat

@@ -2,9 +2,11 @@
 
 A component class (DalleBart, VQGAN, ClipScorer) mixes in `HubMixin` and declares its config class, the
 layouts it reads (`Layout`: a config file and a weights file, and how to turn them into a config dict and
-tensors) and its model card. The mixin does the rest the same way for all of them: find the directory or
+tensors), the single weights files it reads (`file_readers`, by suffix: the one place a file's suffix picks
+its reader) and its model card. The mixin does the rest the same way for all of them: find the directory or
 repo, try each layout, serve a conversion of another layout from the per-commit cache, build strictly, and
-write our layout (`config.json` + `model.safetensors` + `README.md`).
+write our layout (`config.json` + `model.safetensors` + `README.md`). Every format arrives as a
+`StoredComponent` (config values + tensors) before anything is built.
 
 Hand-written rather than `huggingface_hub.PyTorchModelHubMixin`: that mixin loads with strict=False, knows
 none of the other layouts and rewrites `__init__`.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, ClassVar, Optional
+from typing import Callable, ClassVar, Mapping, Optional
 
 import torch
 
@@ -25,7 +27,7 @@ from .files import (
     Source,
     as_dtype,
     load_config_json,
-    open_source,
+    open_saved,
     read_safetensors,
     refuse_pickles,
     upload_folder,
@@ -39,7 +41,9 @@ SAVED_KEYS = ("architectures", "library_name", "torch_dtype")
 
 
 @dataclass
-class Checkpoint:
+class StoredComponent:
+    """A component as its files hold it, in any layout: what a layout or file reader returns."""
+
     config: dict  # values for the component's config class
     state: dict[str, torch.Tensor]
     origin: str  # the weights file, named in errors
@@ -55,7 +59,7 @@ class Layout:
     weights_name: str
     read: Callable[[Path, Path], tuple[dict, dict]]
     converted: bool = True  # not our format: a hub load caches the conversion in ours, per commit
-    # other files `read` needs beside the weights file (a sharded checkpoint's shards, named by its index)
+    # other files `read` needs beside the weights file (sharded Flax weights: the shards its index names)
     companions: Optional[Callable[[Path], list[str]]] = None
 
 
@@ -68,8 +72,8 @@ NATIVE = Layout(f"{CONFIG_NAME} + {WEIGHTS_NAME}", CONFIG_NAME, WEIGHTS_NAME, re
 
 
 def read_layout(source: Source, layout: Layout,
-                normalise: Callable[[Checkpoint], dict]) -> Optional[Checkpoint]:
-    """The checkpoint in `layout`, or None when the source does not hold its weights."""
+                normalise: Callable[[StoredComponent], dict]) -> Optional[StoredComponent]:
+    """The component as `layout` stores it, or None when the source does not hold its weights."""
     config = source.file(layout.config_name)
     cache = None
     if source.remote and layout.converted and config is not None:
@@ -77,7 +81,7 @@ def read_layout(source: Source, layout: Layout,
         cached = cache.file(WEIGHTS_NAME)
         if cached is not None:
             values, state = read_native(cache.path / CONFIG_NAME, cached)
-            return Checkpoint(values, state, str(cached), str(cache.path / CONFIG_NAME))
+            return StoredComponent(values, state, str(cached), str(cache.path / CONFIG_NAME))
     weights = source.file(layout.weights_name)
     if weights is None:
         return None
@@ -90,19 +94,20 @@ def read_layout(source: Source, layout: Layout,
         if source.file(name) is None:  # a hub repo fetches it beside the weights file
             raise FileNotFoundError(f"{source.name}: {layout.weights_name} names {name}, which is missing")
     values, state = layout.read(config, weights)
-    checkpoint = Checkpoint(values, state, str(weights), str(config))
+    stored = StoredComponent(values, state, str(weights), str(config))
     if cache is not None:
-        checkpoint.config = normalise(checkpoint)
-        write_native(cache.path, checkpoint.config, state)
-    return checkpoint
+        stored.config = normalise(stored)
+        write_native(cache.path, stored.config, state)
+    return stored
 
 
-def read_checkpoint(source: Source, layouts, what: str, pickle_fix: str,
-                    normalise: Callable[[Checkpoint], dict]) -> Checkpoint:
+def read_stored(source: Source, layouts, what: str, pickle_fix: str,
+                normalise: Callable[[StoredComponent], dict]) -> StoredComponent:
+    """The component in the first of `layouts` the source holds."""
     for layout in layouts:
-        checkpoint = read_layout(source, layout, normalise)
-        if checkpoint is not None:
-            return checkpoint
+        stored = read_layout(source, layout, normalise)
+        if stored is not None:
+            return stored
     refuse_pickles(source.listing(), source.name, pickle_fix)
     expected = ", ".join(layout.description for layout in layouts)
     raise FileNotFoundError(f"{source.name}: no {what} weights; expected {expected}"
@@ -116,8 +121,8 @@ class HubMixin:
 
     config_class: ClassVar[type]
     hub_layouts: ClassVar[tuple[Layout, ...]] = (NATIVE,)
-    # suffix -> single-file reader
-    file_readers: ClassVar[dict[str, Callable[[Path], tuple[dict, dict]]]] = {}
+    # suffix -> reader of a single weights file: (its config values, or None when it records none; tensors)
+    file_readers: ClassVar[dict[str, Callable[[Path], tuple[Optional[dict], dict]]]] = {}
     hub_example: ClassVar[str]
     pickle_fix: ClassVar[str] = "Save it with save_pretrained first."
     load_dtype: ClassVar[torch.dtype] = torch.float32  # the default of from_pretrained(dtype=None)
@@ -131,35 +136,54 @@ class HubMixin:
     @classmethod
     def from_pretrained(cls, name_or_path, *, subfolder: str = "", revision: Optional[str] = None,
                         local_files_only: bool = False, cache_dir=None, token=None,
-                        endpoint: Optional[str] = None, dtype=None, device=None, **config_overrides):
+                        endpoint: Optional[str] = None, dtype=None, device=None, default_config=None,
+                        **config_overrides):
         """A model in eval mode from a directory, a hub repo (at `revision`, else the class's pinned commit
-        for that repo, else main; a `subfolder` of either) or a single checkpoint file, in any layout the
-        class reads. `config_overrides` replace config values before the model is built."""
+        for that repo, else main; a `subfolder` of either) or a single weights file (a suffix of
+        `file_readers`), in any layout the class reads. A single file that records no config (a taming
+        `.ckpt`, a `.safetensors` converted by hand) is read with `default_config` (a config object or
+        dict; default: the config class's defaults); whatever records its config is read with its own.
+        `config_overrides` replace config values before the model is built."""
         path = Path(name_or_path).expanduser()
-        revision = revision or cls.pinned_revisions.get(str(name_or_path))
-        if path.is_file() and path.suffix in cls.file_readers:
-            values, state = cls.file_readers[path.suffix](path)
-            checkpoint = Checkpoint(values, state, str(path), str(path))
+        if path.suffix in cls.file_readers and not path.is_dir() and not subfolder:
+            stored = cls.read_file(path, default_config)
         else:
             holding = " or ".join(layout.description for layout in cls.hub_layouts)
-            source = open_source(name_or_path, holding, cls.hub_example, subfolder=subfolder,
-                                 revision=revision, local_files_only=local_files_only, cache_dir=cache_dir,
-                                 token=token, endpoint=endpoint)
-            checkpoint = read_checkpoint(source, cls.hub_layouts, cls.__name__, cls.pickle_fix,
-                                         lambda c: cls.config_from(c).to_dict())
-        return cls.from_checkpoint(checkpoint, dtype=dtype, device=device, **config_overrides)
+            revision = revision or cls.pinned_revisions.get(str(name_or_path))
+            source = open_saved(name_or_path, holding, cls.hub_example, subfolder=subfolder,
+                                revision=revision, local_files_only=local_files_only, cache_dir=cache_dir,
+                                token=token, endpoint=endpoint)
+            stored = read_stored(source, cls.hub_layouts, cls.__name__, cls.pickle_fix,
+                                 lambda c: cls.config_from(c).to_dict())
+        return cls.from_stored(stored, dtype=dtype, device=device, **config_overrides)
 
     @classmethod
-    def config_from(cls, checkpoint: Checkpoint, **overrides):
+    def read_file(cls, path: Path, default_config=None) -> StoredComponent:
+        """A single weights file, by its suffix's reader (`file_readers`)."""
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such {cls.__name__} weights file")
+        values, state = cls.file_readers[path.suffix](path)
+        origin = str(path)
+        if values is None:
+            given, read_as = default_config, "the given default_config"
+            if given is None:
+                given, read_as = cls.config_class(), f"{cls.config_class.__name__}()"
+            values = dict(given) if isinstance(given, Mapping) else given.to_dict()
+            # strict loading names the origin when the tensors disagree: say where the config came from
+            origin += f" (records no config, so read as {read_as}; pass default_config= of its architecture)"
+        return StoredComponent(values, state, origin, str(path))
+
+    @classmethod
+    def config_from(cls, stored: StoredComponent, **overrides):
         try:
-            return cls.config_class.from_dict({**checkpoint.config, **overrides})
+            return cls.config_class.from_dict({**stored.config, **overrides})
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{checkpoint.config_path}: {err}") from err
+            raise ValueError(f"{stored.config_path}: {err}") from err
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, dtype=None, device=None, **config_overrides):
-        config = cls.config_from(checkpoint, **config_overrides)
-        model = build_strict(lambda: cls.from_config_object(config), checkpoint.state, checkpoint.origin,
+    def from_stored(cls, stored: StoredComponent, dtype=None, device=None, **config_overrides):
+        config = cls.config_from(stored, **config_overrides)
+        model = build_strict(lambda: cls.from_config_object(config), stored.state, stored.origin,
                              meta=cls.build_on_meta)
         return model.to(device=device, dtype=as_dtype(dtype) or cls.load_dtype).eval()
 

@@ -1,4 +1,4 @@
-"""Strict loading: every tensor of the module from the checkpoint, or an error that lists what disagrees."""
+"""Strict loading: every tensor of the module from the stored ones, or an error that lists what disagrees."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """taming-transformers' VQGAN checkpoints: `model.yaml` + `last.ckpt`, read as tensors only.
 
-Two layouts: flat (as on the hub) or as the heidelberg release unzips (`configs/` + `ckpts/`). A taming
-`.ckpt` is a Lightning 1.x pickle; it is loaded with `weights_only=True`, and the Python objects it also
-pickles (callback classes) are replaced by an inert stand-in, so loading never runs code from the file.
+Two layouts: flat (as on the hub) or as the heidelberg release unzips (`configs/` + `ckpts/`); and the
+`.ckpt` file alone (`read_taming_file`), which records no config. A taming `.ckpt` is a Lightning 1.x
+pickle; it is loaded with `weights_only=True`, and the Python objects it also pickles (callback classes)
+are replaced by an inert stand-in, so loading never runs code from the file.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def load_weights_only(path) -> object:
             f"{path} could not be read with a weights-only load ({_reason(err)}). Where a "
             "checkpoint pickles Python objects beyond tensors, rebuilding them would run code from the file, "
             "so we do not. If you trust the file, convert it once:\n" + _CONVERT.format(path=path)
-            + "\nthen use VQGAN.from_safetensors('vqgan.safetensors', config).") from err
+            + "\nthen load it with VQGAN.from_pretrained('vqgan.safetensors', default_config=config).",
+        ) from err
 
 
 def taming_state_dict(path) -> dict[str, torch.Tensor]:
@@ -83,7 +85,13 @@ def read_taming(yaml_path: Path, ckpt_path: Path) -> tuple[dict, dict]:
     return params, taming_state_dict(ckpt_path)
 
 
+def read_taming_file(ckpt_path: Path) -> tuple[None, dict]:
+    """A taming `.ckpt` alone: its tensors; the architecture is the caller's (`default_config`)."""
+    return None, taming_state_dict(ckpt_path)
+
+
 TAMING_LAYOUTS = tuple(Layout(f"a taming {y} + {c}", y, c, read_taming)
                        for y, c in (("model.yaml", "last.ckpt"), ("configs/model.yaml", "ckpts/last.ckpt")))
 PICKLE_FIX = ("A taming checkpoint loads (tensors only) as model.yaml + last.ckpt side by side; otherwise "
-              "convert it once with VQGAN.from_taming_checkpoint(...).save_pretrained(dir).")
+              "download it and convert it once with VQGAN.from_pretrained('last.ckpt', "
+              "default_config=VQGANConfig(...)).save_pretrained(dir).")

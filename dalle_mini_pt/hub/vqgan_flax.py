@@ -2,7 +2,7 @@
 
 Its config.json is an HF PretrainedConfig: beside the network's fields it holds generic ones (architectures,
 transformers_version, …) that do not shape the network, so only the network's fields are read, and all of
-them must be there. It records no pixel range: dalle-mini's port is the one such checkpoint in use, and the
+them must be there. It records no pixel range: dalle-mini's port is the one such VQGAN in use, and the
 reference feeds it [0, 1] images and clips its output to [0, 1] with no rescale, so it loads as
 "zero_to_one" (`pixel_range=` overrides it).
 """
@@ -62,7 +62,7 @@ def vqgan_state_dict(flat: dict[str, torch.Tensor], source: str) -> dict:
             ours = _key(key)
         except KeyError as err:
             raise ValueError(f"{source}: parameter {key!r} (shape {tuple(value.shape)}) is not a vqgan-jax "
-                             f"VQGAN parameter (no leaf {err}); is this a VQGAN checkpoint?") from err
+                             f"VQGAN parameter (no leaf {err}); are these VQGAN weights?") from err
         if key.endswith("/kernel") and value.dim() == 4:
             value = value.permute(3, 2, 0, 1).contiguous()
         elif key.endswith(("/scale", "/bias")) and value.dim() == 4:

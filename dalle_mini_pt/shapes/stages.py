@@ -146,7 +146,7 @@ def assemble(out: Path, vqgan: Path, dallebart: Path, clip: Path, sampling: dict
     from ..generation_config import GenerationConfig
     from ..pipeline import DalleMiniPipeline
 
-    pipe = DalleMiniPipeline.from_pretrained(dallebart, vqgan=vqgan, clip=clip)
+    pipe = DalleMiniPipeline.from_components(dallebart, vqgan=vqgan, clip=clip)
     pipe.generation_config = GenerationConfig.from_dict({k: v for k, v in sampling.items() if v is not None})
     pipe.save_pretrained(out)
 
