@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 LN_POSITIONS = ("normformer", "preln", "postln")
-PIXEL_RANGES = ("minus_one_to_one", "zero_to_one")  # as VQGANConfig.pixel_range
+# Pixel range the weights were trained on: taming's releases use [-1, 1]; dalle-mini's JAX port of the
+# ImageNet model is fed ToTensor() images and its output clipped to [0, 1] directly (min-dalle does the same).
+PIXEL_RANGES = ("minus_one_to_one", "zero_to_one")  # VQGANConfig.pixel_range
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "swish", "silu")
 
 

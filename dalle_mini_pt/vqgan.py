@@ -21,15 +21,13 @@ from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer2
 from torch import nn
 
+from .config import PIXEL_RANGES
 from .hub.files import read_single_safetensors, write_single_safetensors
 from .hub.mixin import NATIVE, HubMixin
 from .hub.model_cards import vqgan_card
 from .hub.taming import PICKLE_FIX, TAMING_LAYOUTS, read_taming_file
 from .hub.vqgan_flax import VQGAN_FLAX
 
-# Pixel range the weights were trained on: taming's releases use [-1, 1]; dalle-mini's JAX port of the
-# ImageNet model is fed ToTensor() images and its output clipped to [0, 1] directly (min-dalle does the same).
-PIXEL_RANGES = ("minus_one_to_one", "zero_to_one")
 # Keys of taming's model.yaml `params` that only matter for training or for taming's own loader.
 _TAMING_TRAINING_KEYS = ("lossconfig", "monitor", "ckpt_path", "ignore_keys", "image_key", "sane_index_shape")
 
