@@ -81,3 +81,27 @@ def test_only_the_vqgan_may_see_held_out_scenes():
     assert not pairs_in("train") & set(HELD_OUT) and set(HELD_OUT) <= pairs_in("all")
     with pytest.raises(ValueError, match="train_split='heldout'"):
         ShapeImagesDataModule(train_split="heldout")
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_the_pipeline_seed_reaches_every_stage(seed, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dalle_mini_pt.config_dir import CONFIG_DIR
+    from dalle_mini_pt.shapes.stages import Stage, stage_overrides, train_spec
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("shapes_pipeline", overrides=[f"seed={seed}"])
+    assert cfg.evaluate.seed == seed  # the evaluation's sampling; make_data draws its scenes from cfg.seed
+    specs = {name: train_spec(overrides) for name, overrides in stage_overrides(cfg).items()}
+    for name, spec in specs.items():
+        stage = OmegaConf.create(spec["config"])
+        assert stage.seed == 42 + seed, name  # seed 0: train.yaml's 42, the measured default's
+        if name in ("vqgan", "clip"):  # they render their own scenes
+            assert stage.data.seed == seed, name
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        other = compose("shapes_pipeline", overrides=[f"seed={seed + 1}"])
+    for name, overrides in stage_overrides(other).items():  # another seed redoes every stage
+        assert (Stage(tmp_path, name, train_spec(overrides)).fingerprint
+                != Stage(tmp_path, name, specs[name]).fingerprint), name

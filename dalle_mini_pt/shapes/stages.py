@@ -104,35 +104,50 @@ def make_data(stage: Stage, cfg: DictConfig, vqgan_dir: Path) -> None:
     train_tokenizer(captions, cfg.tokenizer_vocab_size).save_pretrained(stage.dir / "tokenizer")
 
 
+# conf/train.yaml's own seed: the pipeline's seed 0 trains every stage as the measured default did
+TRAIN_SEED_BASE = 42
+
+
+def stage_overrides(cfg: DictConfig) -> dict[str, list[str]]:
+    """Each model stage's overrides with the pipeline's `seed` in them, last so that it wins: the training
+    run's (initial weights, batch order) and, where a stage renders its own scenes (`data=shapes_images`,
+    the VQGAN and CLIP), the scenes'. The DalleBart stage's scenes are `make_data`'s, drawn from it too."""
+    train_seed = f"seed={TRAIN_SEED_BASE + cfg.seed}"
+    return {"vqgan": [*cfg.stages.vqgan, train_seed, f"data.seed={cfg.seed}"],
+            "dallebart": [*cfg.stages.dallebart, train_seed],
+            "clip": [*cfg.stages.clip, train_seed, f"data.seed={cfg.seed}"]}
+
+
 def run_pipeline(cfg: DictConfig) -> list[Stage]:
     from ..training.preflight import check_finite_options
 
     check_finite_options(cfg)
     out = Path(cfg.out_dir).resolve()
-    vqgan = Stage(out, "vqgan", train_spec(cfg.stages.vqgan))
+    stages = stage_overrides(cfg)
+    vqgan = Stage(out, "vqgan", train_spec(stages["vqgan"]))
     data = Stage(out, "data", {"n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.seed,
                                "scenes": OmegaConf.to_container(cfg.scenes),
                                "vocab": cfg.tokenizer_vocab_size, "encode": list(cfg.stages.encode)},
                  (vqgan,))
-    dallebart = Stage(out, "dallebart", train_spec(cfg.stages.dallebart), (data,))
-    clip = Stage(out, "clip", train_spec(cfg.stages.clip))
-    sampling = {k: v for k, v in OmegaConf.to_container(cfg.evaluate).items() if k != "prompts"}
+    dallebart = Stage(out, "dallebart", train_spec(stages["dallebart"]), (data,))
+    clip = Stage(out, "clip", train_spec(stages["clip"]))
+    sampling = {k: v for k, v in OmegaConf.to_container(cfg.evaluate, resolve=True).items() if k != "prompts"}
     pipeline = Stage(out, "pipeline", sampling, (vqgan, dallebart, clip))
     evaluate = Stage(out, "evaluate", {"prompts": cfg.evaluate.prompts}, (pipeline,))
 
-    vqgan(lambda: _train(vqgan, [*cfg.stages.vqgan, f"model.save_dir={vqgan.dir / 'model'}"]))
+    vqgan(lambda: _train(vqgan, [*stages["vqgan"], f"model.save_dir={vqgan.dir / 'model'}"]))
     data(lambda: make_data(data, cfg, vqgan.dir / "model"))
 
     def train_dallebart():
         encoded = data.dir / "encoded"
-        _train(dallebart, [*cfg.stages.dallebart, f"data.train_files={encoded / 'train'}/*.parquet",
+        _train(dallebart, [*stages["dallebart"], f"data.train_files={encoded / 'train'}/*.parquet",
                            f"data.val_files={encoded / 'val'}/*.parquet",
                            f"data.tokenizer={data.dir / 'tokenizer'}"])
         _python("-m", "dalle_mini_pt.export", dallebart.dir / "checkpoints" / "last.ckpt",
                 dallebart.dir / "model", "--tokenizer", data.dir / "tokenizer")
 
     dallebart(train_dallebart)
-    clip(lambda: _train(clip, [*cfg.stages.clip, f"model.save_dir={clip.dir / 'model'}"]))
+    clip(lambda: _train(clip, [*stages["clip"], f"model.save_dir={clip.dir / 'model'}"]))
     pipeline(lambda: assemble(pipeline.dir, vqgan.dir / "model", dallebart.dir / "model", clip.dir / "model",
                               sampling))
     evaluate(lambda: _python("-m", "dalle_mini_pt.shapes.evaluate", "--pipeline", pipeline.dir,
