@@ -28,7 +28,7 @@ class XLABf16Mixed(XLAPrecision):
 
     def __init__(self) -> None:
         super().__init__("32-true")
-        self.precision = "bf16-mixed"  # what the trainer reports, and what the weights follow
+        self.precision = "bf16-mixed"  # what `trainer.precision` and the logs report
 
     @contextmanager
     def forward_context(self) -> Generator[None, None, None]:
@@ -41,6 +41,6 @@ def instantiate_trainer(trainer_cfg: DictConfig, **kwargs: Any):
     above, because Lightning refuses that name there."""
     if (str(trainer_cfg.get("accelerator")) in XLA_ACCELERATORS
             and str(trainer_cfg.get("precision")) == "bf16-mixed"):
-        plugins = instantiate(OmegaConf.to_container(trainer_cfg.get("plugins") or [])) or []
+        plugins = instantiate(OmegaConf.to_container(trainer_cfg.get("plugins") or [], resolve=True)) or []
         kwargs.update(precision=None, plugins=[*plugins, XLABf16Mixed()])
     return instantiate(trainer_cfg, **kwargs)
