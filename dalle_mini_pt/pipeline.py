@@ -197,8 +197,7 @@ class DalleMiniPipeline:
             settings = index.text_normalizer
             words = settings.get("word_frequency_file")
             normalizer = TextNormalizer(_file(source, words) if words else None, seed=settings.get("seed", 0))
-        return cls(net, tokenizer, vqgan, clip, normalizer, index.decode_batch_size,
-                   GenerationConfig.from_dict(generation))
+        return cls(net, tokenizer, vqgan, clip, normalizer, index.decode_batch_size, generation)
 
     @classmethod
     def from_components(cls, model, vqgan, clip: Optional[str] = None, tokenizer: Optional[str] = None, *,

@@ -50,7 +50,7 @@ class PipelineIndex:
     text_normalizer: Optional[dict]
     decode_batch_size: int
     # the sampling defaults held inline by an index of an earlier version; None: generation_config.json
-    generation_config: Optional[dict]
+    generation_config: Optional[GenerationConfig]
 
 
 def index_values(has_clip: bool, text_length: int, text_normalizer: Optional[dict],
@@ -104,7 +104,7 @@ def read_index(index, name: str) -> PipelineIndex:
             raise ValueError(f"{name}: {key}={index[key]!r} must be {want}")
     generation = index.get("generation_config")
     if generation is not None:
-        check_generation_config(generation, f"{name}: generation_config")
+        generation = check_generation_config(generation, f"{name}: generation_config")
     return PipelineIndex({k: v for k, v in folders.items() if v is not None}, index["text_length"],
                          index.get("text_normalizer"),
                          index.get("decode_batch_size", DEFAULT_DECODE_BATCH_SIZE), generation)
@@ -120,7 +120,7 @@ def check_generation_config(values, name: str) -> GenerationConfig:
         raise ValueError(f"{name}: {e}") from None
 
 
-def read_generation_config(source: Source) -> dict:
+def read_generation_config(source: Source) -> GenerationConfig:
     """The sampling defaults of a pipeline whose index does not hold them (every index but an earlier
     version's)."""
     path = source.file(GENERATION_CONFIG_NAME)
@@ -129,7 +129,7 @@ def read_generation_config(source: Source) -> dict:
                                 "pipeline's sampling defaults); save the pipeline again with "
                                 "DalleMiniPipeline.save_pretrained, or add it")
     name = f"{source.name}/{GENERATION_CONFIG_NAME}"
-    return check_generation_config(load_config_json(path), name).to_dict()
+    return check_generation_config(load_config_json(path), name)
 
 
 def held_component(source: Source) -> Optional[str]:
